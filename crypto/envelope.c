@@ -1,0 +1,90 @@
+/* envelope.c - the signed Envelope: digest, seal, structural open. */
+#include "envelope.h"
+
+#include "fb_error.h"
+#include "sig.h"
+
+#include <stdlib.h>
+
+static void put_be32(uint8_t out[4], uint32_t v)
+{
+    out[0] = (uint8_t)(v >> 24);
+    out[1] = (uint8_t)(v >> 16);
+    out[2] = (uint8_t)(v >> 8);
+    out[3] = (uint8_t)v;
+}
+
+static int envelope_type_valid(int type)
+{
+    return type >= FEDBFT__MSG_TYPE__MSG_REQUEST && type <= FEDBFT__MSG_TYPE__MSG_CHANNEL_FINISH;
+}
+
+int fb_env_digest(int type, uint32_t version, uint32_t sender, const uint8_t *payload,
+                  size_t payload_len, uint8_t out[FB_DIGEST_LEN])
+{
+    if (!envelope_type_valid(type))
+        return FB_EINVAL;
+    uint8_t hdr[8];
+    put_be32(hdr, version);
+    put_be32(hdr + 4, sender);
+    fb_digest_ctx ctx;
+    fb_digest_init(&ctx, (fb_domain)type);
+    fb_digest_update(&ctx, hdr, sizeof hdr);
+    fb_digest_update(&ctx, payload, payload_len);
+    fb_digest_final(&ctx, out);
+    return 0;
+}
+
+int fb_env_seal(int type, uint32_t sender, const uint8_t *payload, size_t payload_len,
+                const fb_identity *id, uint8_t **out, size_t *out_len)
+{
+    uint8_t digest[FB_DIGEST_LEN], sig[FB_SIG_LEN];
+    int rc = fb_env_digest(type, FB_PROTOCOL_VERSION, sender, payload, payload_len, digest);
+    if (rc)
+        return rc;
+    fb_sig_sign(id, digest, sig);
+
+    Fedbft__Envelope env = FEDBFT__ENVELOPE__INIT;
+    env.type = (Fedbft__MsgType)type;
+    env.sender = sender;
+    env.version = FB_PROTOCOL_VERSION;
+    env.payload.data = (uint8_t *)payload;
+    env.payload.len = payload_len;
+    env.signature.data = sig;
+    env.signature.len = sizeof sig;
+    size_t n = fedbft__envelope__get_packed_size(&env);
+    uint8_t *buf = malloc(n ? n : 1);
+    if (!buf)
+        return FB_ENOMEM;
+    fedbft__envelope__pack(&env, buf);
+    *out = buf;
+    *out_len = n;
+    return 0;
+}
+
+int fb_env_open(const uint8_t *buf, size_t len, Fedbft__Envelope **out,
+                uint8_t digest[FB_DIGEST_LEN], char *err, size_t errlen)
+{
+    Fedbft__Envelope *env = fedbft__envelope__unpack(NULL, len, buf);
+    if (!env)
+        return fb_errf(err, errlen, FB_EINVAL,
+                       "envelope: not a valid protobuf Envelope (%zu bytes)", len);
+    int rc = 0;
+    if (env->version != FB_PROTOCOL_VERSION)
+        rc = fb_errf(err, errlen, FB_EVERSION, "envelope: protocol version %u, this node speaks %u",
+                     env->version, FB_PROTOCOL_VERSION);
+    else if (!envelope_type_valid(env->type))
+        rc = fb_errf(err, errlen, FB_EPROTO, "envelope: unknown message type %d", (int)env->type);
+    else if (env->signature.len != FB_SIG_LEN)
+        rc = fb_errf(err, errlen, FB_EPROTO, "envelope: signature is %zu bytes, expected %d",
+                     env->signature.len, FB_SIG_LEN);
+    if (rc == 0)
+        rc = fb_env_digest(env->type, env->version, env->sender, env->payload.data,
+                           env->payload.len, digest);
+    if (rc) {
+        fedbft__envelope__free_unpacked(env, NULL);
+        return rc;
+    }
+    *out = env;
+    return 0;
+}

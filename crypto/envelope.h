@@ -1,0 +1,40 @@
+/* envelope.h - signing, checking and (de)serialising the one signed Envelope.
+ *
+ * The envelope digest is the domain-separated BLAKE2b-256 (domain = the
+ * envelope's MsgType) of: version (4 bytes BE), sender (4 bytes BE), payload.
+ * The type itself is bound through the domain.
+ *
+ * Thread-safety: all functions are reentrant.
+ */
+#ifndef FB_ENVELOPE_H
+#define FB_ENVELOPE_H
+
+#include "digest.h"
+#include "keys.h"
+#include "fedbft.pb-c.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define FB_PROTOCOL_VERSION 1
+
+/* Digest of a (type, version, sender, payload) tuple.  FB_EINVAL for an
+ * unknown type. */
+int fb_env_digest(int type, uint32_t version, uint32_t sender, const uint8_t *payload,
+                  size_t payload_len, uint8_t out[FB_DIGEST_LEN]);
+
+/* Build and sign an envelope around payload and serialise it into a freshly
+ * malloc'd buffer (*out, *out_len; caller frees).  Returns 0, FB_EINVAL or FB_ENOMEM. */
+int fb_env_seal(int type, uint32_t sender, const uint8_t *payload, size_t payload_len,
+                const fb_identity *id, uint8_t **out, size_t *out_len);
+
+/* Parse a serialised envelope, checking structure only (not the signature):
+ * known type, supported version, signature of the right length.  On success
+ * *out is owned by the caller (fedbft__envelope__free_unpacked), and the
+ * envelope digest is written to digest (computed once here, so callers reuse it).
+ * Errors: FB_EINVAL (not a protobuf Envelope), FB_EPROTO (unknown type, bad
+ * signature length), FB_EVERSION.  Message in err. */
+int fb_env_open(const uint8_t *buf, size_t len, Fedbft__Envelope **out,
+                uint8_t digest[FB_DIGEST_LEN], char *err, size_t errlen);
+
+#endif

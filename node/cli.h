@@ -1,0 +1,23 @@
+/* cli.h - the fedbft command-line front end: one table of commands, each with
+ * its own --help.  Commands return a process exit status (0 ok, 1 failure,
+ * 2 usage error). */
+#ifndef FB_CLI_H
+#define FB_CLI_H
+
+#include <stdio.h>
+
+typedef struct cli_command {
+    const char *name;
+    const char *summary;               /* one line for `fedbft --help` */
+    int (*run)(int argc, char **argv); /* argv[0] is the command name */
+    void (*usage)(FILE *out);          /* full help for `fedbft NAME --help` */
+} cli_command;
+
+/* Entry point: dispatch argv[1] to a command. */
+int cli_main(int argc, char **argv);
+
+/* Commands (one file each). */
+int cmd_keygen(int argc, char **argv);
+void cmd_keygen_usage(FILE *out);
+
+#endif

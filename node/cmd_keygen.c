@@ -1,0 +1,71 @@
+/* cmd_keygen.c - `fedbft keygen`: make an identity key pair on disk. */
+#include "cli.h"
+
+#include "fb_error.h"
+#include "keys.h"
+
+#include <getopt.h>
+#include <string.h>
+
+void cmd_keygen_usage(FILE *out)
+{
+    fprintf(out, "Usage: fedbft keygen --out DIR [--force]\n\n"
+                 "Make a fresh Ed25519 identity for a node or client.\n\n"
+                 "Writes DIR/node.key (the secret key, mode 0600) and DIR/node.pub (the public\n"
+                 "key), creating DIR (mode 0700) if needed, and prints the public key in hex,\n"
+                 "the form cluster.json uses.\n\n"
+                 "Options:\n"
+                 "  --out DIR   directory for the key files (required)\n"
+                 "  --force     overwrite an existing key (the old identity is lost)\n"
+                 "  --help      show this help\n");
+}
+
+int cmd_keygen(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"out", required_argument, NULL, 'o'},
+        {"force", no_argument, NULL, 'f'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *dir = NULL;
+    int force = 0, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "o:f", opts, NULL)) != -1) {
+        switch (c) {
+        case 'o':
+            dir = optarg;
+            break;
+        case 'f':
+            force = 1;
+            break;
+        default:
+            cmd_keygen_usage(stderr);
+            return 2;
+        }
+    }
+    if (!dir || optind != argc) {
+        fprintf(stderr, "fedbft keygen: %s\n\n",
+                dir ? "unexpected argument" : "--out DIR is required");
+        cmd_keygen_usage(stderr);
+        return 2;
+    }
+    fb_identity id;
+    char err[512];
+    int rc = fb_key_generate(&id);
+    if (rc == 0)
+        rc = fb_key_save(&id, dir, force, err, sizeof err);
+    else
+        snprintf(err, sizeof err, "cannot generate a key: %s", fb_strerror(rc));
+    if (rc != 0) {
+        fb_key_wipe(&id);
+        fprintf(stderr, "fedbft keygen: %s\n", err);
+        return 1;
+    }
+    char hex[FB_PK_HEX_LEN + 1];
+    fb_pubkey_format(id.pk, hex);
+    fb_key_wipe(&id);
+    printf("%s\n", hex);
+    fprintf(stderr, "wrote %s/%s (secret, mode 0600) and %s/%s\n", dir, FB_KEY_SECRET_FILE, dir,
+            FB_KEY_PUBLIC_FILE);
+    return 0;
+}
