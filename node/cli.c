@@ -17,6 +17,7 @@ static void cmd_help_usage(FILE *out);
 static const cli_command commands[] = {
     {"keygen", "make an Ed25519 identity (secret key file mode 0600)", cmd_keygen,
      cmd_keygen_usage},
+    {"keyinfo", "check a key file and print its public key", cmd_keyinfo, cmd_keyinfo_usage},
     {"version", "print the version", cmd_version, cmd_version_usage},
     {"help", "show help for a command", cmd_help, cmd_help_usage},
 };

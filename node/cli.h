@@ -19,5 +19,7 @@ int cli_main(int argc, char **argv);
 /* Commands (one file each). */
 int cmd_keygen(int argc, char **argv);
 void cmd_keygen_usage(FILE *out);
+int cmd_keyinfo(int argc, char **argv);
+void cmd_keyinfo_usage(FILE *out);
 
 #endif

@@ -69,3 +69,42 @@ int cmd_keygen(int argc, char **argv)
             FB_KEY_PUBLIC_FILE);
     return 0;
 }
+
+void cmd_keyinfo_usage(FILE *out)
+{
+    fprintf(out, "Usage: fedbft keyinfo FILE\n\n"
+                 "Check a key file and print its public key in hex.\n\n"
+                 "FILE is a secret key (node.key) or a public key (node.pub).  A secret key\n"
+                 "gets every check the node makes before using it: it must be readable by its\n"
+                 "owner only (mode 0600), well-formed, and its public key must match its seed.\n");
+}
+
+int cmd_keyinfo(int argc, char **argv)
+{
+    if (argc != 2) {
+        cmd_keyinfo_usage(stderr);
+        return 2;
+    }
+    char err[512], hex[FB_PK_HEX_LEN + 1];
+    fb_identity id;
+    uint8_t pk[FB_PK_LEN];
+    const char *kind = "public";
+    /* A public key file is recognised by its header; anything else must pass
+     * as a secret key, with the mode check. */
+    int rc = fb_pubkey_load(argv[1], pk, NULL, 0);
+    if (rc != 0) {
+        kind = "secret";
+        rc = fb_key_load(argv[1], &id, err, sizeof err);
+        if (rc == 0)
+            memcpy(pk, id.pk, FB_PK_LEN);
+        fb_key_wipe(&id);
+    }
+    if (rc != 0) {
+        fprintf(stderr, "fedbft keyinfo: %s\n", err);
+        return 1;
+    }
+    fb_pubkey_format(pk, hex);
+    printf("%s\n", hex);
+    fprintf(stderr, "%s: valid %s key\n", argv[1], kind);
+    return 0;
+}

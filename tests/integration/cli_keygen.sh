@@ -34,6 +34,13 @@ check "keygen prints a 64-hex public key" grep -Eq '^[0-9a-f]{64}$' <<< "$pk"
 check "secret key is mode 0600" test "$(stat -c %a "$tmp/k1/node.key")" = 600
 check "key dir is mode 0700" test "$(stat -c %a "$tmp/k1")" = 700
 check "public key file holds the printed key" grep -qx "$pk" "$tmp/k1/node.pub"
+check "keyinfo loads the secret key" test "$("$FEDBFT" keyinfo "$tmp/k1/node.key" 2>/dev/null)" = "$pk"
+check "keyinfo reads the public key" test "$("$FEDBFT" keyinfo "$tmp/k1/node.pub" 2>/dev/null)" = "$pk"
+chmod 644 "$tmp/k1/node.key"
+"$FEDBFT" keyinfo "$tmp/k1/node.key" > /dev/null 2> "$tmp/err"
+check "keyinfo refuses a world-readable secret key" test $? -eq 1
+check "the refusal says how to fix it" grep -q "chmod 600" "$tmp/err"
+chmod 600 "$tmp/k1/node.key"
 "$FEDBFT" keygen --out "$tmp/k1" > /dev/null 2> "$tmp/err"
 check "keygen refuses to overwrite" test $? -eq 1
 check "overwrite refusal explains itself" grep -q "refusing to overwrite" "$tmp/err"
