@@ -92,10 +92,35 @@ static int write_file_atomic(const char *dir, const char *name, const char *buf,
     return 0;
 }
 
+/* mkdir -p: missing parents get 0755 (less the umask), the key directory
+ * itself 0700. */
+static int make_dirs(const char *dir, char *err, size_t errlen)
+{
+    char path[4096];
+    size_t n = strlen(dir);
+    if (n == 0 || n >= sizeof path)
+        return fb_errf(err, errlen, FB_EINVAL, "bad key directory path '%s'", dir);
+    memcpy(path, dir, n + 1);
+    for (char *p = path + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(path, 0755) != 0 && errno != EEXIST)
+            return fb_errf(err, errlen, FB_EIO, "cannot create directory %s: %s", path,
+                           strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(path, 0700) != 0 && errno != EEXIST)
+        return fb_errf(err, errlen, FB_EIO, "cannot create directory %s: %s", path,
+                       strerror(errno));
+    return 0;
+}
+
 int fb_key_save(const fb_identity *id, const char *dir, int overwrite, char *err, size_t errlen)
 {
-    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
-        return fb_errf(err, errlen, FB_EIO, "cannot create directory %s: %s", dir, strerror(errno));
+    int rc = make_dirs(dir, err, errlen);
+    if (rc)
+        return rc;
     char path[4096];
     if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, FB_KEY_SECRET_FILE) >= sizeof path)
         return fb_errf(err, errlen, FB_EINVAL, "key directory path too long: %s", dir);
@@ -112,7 +137,7 @@ int fb_key_save(const fb_identity *id, const char *dir, int overwrite, char *err
     fb_pubkey_format(id->pk, pk_hex);
     int slen = snprintf(secret, sizeof secret, "%s\n%s\n%s\n", SECRET_HEADER, seed_hex, pk_hex);
     int plen = snprintf(public, sizeof public, "%s\n%s\n", PUBLIC_HEADER, pk_hex);
-    int rc = write_file_atomic(dir, FB_KEY_SECRET_FILE, secret, (size_t)slen, 0600, err, errlen);
+    rc = write_file_atomic(dir, FB_KEY_SECRET_FILE, secret, (size_t)slen, 0600, err, errlen);
     sodium_memzero(secret, sizeof secret);
     sodium_memzero(seed_hex, sizeof seed_hex);
     if (rc == 0)

@@ -40,9 +40,9 @@ int fb_key_generate(fb_identity *out);
 int fb_key_from_seed(const uint8_t seed[FB_SEED_LEN], fb_identity *out);
 
 /* Write DIR/node.key (0600) and DIR/node.pub.  DIR is created (0700) if
- * missing.  Refuses (FB_EEXIST) to overwrite an existing key unless
- * overwrite != 0.  The secret file is written to a temporary name, fsynced and
- * renamed, so a crash never leaves half a key. */
+ * missing, with any missing parents (0755).  Refuses (FB_EEXIST) to overwrite an existing key
+ * unless overwrite != 0.  The secret file is written to a temporary name, fsynced and renamed, so a
+ * crash never leaves half a key. */
 int fb_key_save(const fb_identity *id, const char *dir, int overwrite, char *err, size_t errlen);
 
 /* Load a secret key file.  Errors: FB_ENOENT (missing), FB_EPERM (group- or

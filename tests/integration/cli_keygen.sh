@@ -47,6 +47,8 @@ check "overwrite refusal explains itself" grep -q "refusing to overwrite" "$tmp/
 check "refused overwrite kept the key" grep -qx "$pk" "$tmp/k1/node.pub"
 pk2=$("$FEDBFT" keygen --out "$tmp/k1" --force 2>/dev/null)
 check "keygen --force replaces the key" test -n "$pk2" -a "$pk2" != "$pk"
+"$FEDBFT" keygen --out "$tmp/deep/er/k3" > /dev/null 2>&1
+check "keygen creates missing parent directories" test -s "$tmp/deep/er/k3/node.key"
 "$FEDBFT" keygen > /dev/null 2> "$tmp/err"
 check "keygen without --out exits 2" test $? -eq 2
 check "missing --out is named" grep -q -- "--out DIR is required" "$tmp/err"
