@@ -62,8 +62,7 @@ int fb_env_seal(int type, uint32_t sender, const uint8_t *payload, size_t payloa
     return 0;
 }
 
-int fb_env_open(const uint8_t *buf, size_t len, Fedbft__Envelope **out,
-                uint8_t digest[FB_DIGEST_LEN], char *err, size_t errlen)
+int fb_env_unpack(const uint8_t *buf, size_t len, Fedbft__Envelope **out, char *err, size_t errlen)
 {
     Fedbft__Envelope *env = fedbft__envelope__unpack(NULL, len, buf);
     if (!env)
@@ -78,13 +77,23 @@ int fb_env_open(const uint8_t *buf, size_t len, Fedbft__Envelope **out,
     else if (env->signature.len != FB_SIG_LEN)
         rc = fb_errf(err, errlen, FB_EPROTO, "envelope: signature is %zu bytes, expected %d",
                      env->signature.len, FB_SIG_LEN);
-    if (rc == 0)
-        rc = fb_env_digest(env->type, env->version, env->sender, env->payload.data,
-                           env->payload.len, digest);
     if (rc) {
         fedbft__envelope__free_unpacked(env, NULL);
         return rc;
     }
+    *out = env;
+    return 0;
+}
+
+int fb_env_open(const uint8_t *buf, size_t len, Fedbft__Envelope **out,
+                uint8_t digest[FB_DIGEST_LEN], char *err, size_t errlen)
+{
+    Fedbft__Envelope *env = NULL;
+    int rc = fb_env_unpack(buf, len, &env, err, errlen);
+    if (rc)
+        return rc;
+    fb_env_digest(env->type, env->version, env->sender, env->payload.data, env->payload.len,
+                  digest);
     *out = env;
     return 0;
 }

@@ -28,6 +28,11 @@ int fb_env_digest(int type, uint32_t version, uint32_t sender, const uint8_t *pa
 int fb_env_seal(int type, uint32_t sender, const uint8_t *payload, size_t payload_len,
                 const fb_identity *id, uint8_t **out, size_t *out_len);
 
+/* Parse a serialised envelope and check its structure (known type, supported
+ * version, 64-byte signature) without computing its digest.  Same errors and
+ * ownership as fb_env_open. */
+int fb_env_unpack(const uint8_t *buf, size_t len, Fedbft__Envelope **out, char *err, size_t errlen);
+
 /* Parse a serialised envelope, checking structure only (not the signature):
  * known type, supported version, signature of the right length.  On success
  * *out is owned by the caller (fedbft__envelope__free_unpacked), and the
