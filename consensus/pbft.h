@@ -24,7 +24,9 @@
  *    next EXECUTE only after that.  The node persists the results, the new
  *    state and the client-table rows (client, timestamp, result) atomically.
  *  - Messages in actions are borrowed until the next pbft_step call; take a
- *    reference (pbft_msg_ref) to keep one.
+ *    reference (pbft_msg_ref) to keep one.  An EXECUTE's request array stays
+ *    valid until its PBFT_EV_EXECUTED is stepped.  Read-only EXECUTEs (seq 0)
+ *    are issued only while no ordered EXECUTE is outstanding.
  *
  * Quorums: f = floor((n-1)/3); a quorum is ceil((n+f+1)/2) replicas, which
  * is 2f+1 when n = 3f+1 and larger otherwise, so that any two quorums share
@@ -194,6 +196,12 @@ void pbft_state_digest(const uint8_t app_digest[FB_DIGEST_LEN], const uint8_t *c
 
 /* A request the replica already knows (for pbft_msg_parse's lookup). */
 pbft_req_lookup pbft_request_lookup(pbft_replica *r);
+
+/* pbft_msg_parse with this replica's request lookup and digest counters: how
+ * the node and the simulator turn received bytes into messages, so a request
+ * relayed in a PRE-PREPARE reuses the digest computed when it arrived. */
+int pbft_parse(pbft_replica *r, const uint8_t *raw, size_t len, pbft_msg **out, char *err,
+               size_t errlen);
 
 typedef struct pbft_status {
     uint32_t id, n, f, quorum;

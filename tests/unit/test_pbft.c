@@ -1,0 +1,502 @@
+/* test_pbft.c - the replica state machine in a tiny lossless in-process
+ * cluster: normal case, digest caching, watermarks, checkpoints and garbage
+ * collection, exactly-once, view change on a silent primary, restore.
+ * (Faults, Byzantine replicas and thousands of seeds live in tests/sim.) */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "fb_error.h"
+#include "pbft.h"
+#include "sig.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define MAXN 7
+#define MAXQ 20000
+#define CLIENT0 1000
+
+typedef struct {
+    uint32_t to;
+    pbft_msg *msg;
+} wire;
+
+typedef struct {
+    uint32_t n;
+    fb_identity keys[MAXN];
+    pbft_replica *r[MAXN];
+    bool down[MAXN];
+    uint8_t app[MAXN][FB_DIGEST_LEN]; /* hash chain of executed requests */
+    uint64_t executed_reqs[MAXN];
+    wire q[MAXQ];
+    size_t qhead, qlen;
+    uint64_t now;
+    /* replies seen by clients: count per (client, ts) */
+    uint32_t replies[8][64];
+    /* persisted records per replica */
+    pbft_record recs[MAXN][4096];
+    size_t nrecs[MAXN];
+    uint64_t last_exec_disk[MAXN];
+    uint8_t *ct_disk[MAXN];
+    size_t ct_len[MAXN];
+    fb_identity clients[8];
+    pbft_config cfg;
+} cluster;
+
+static void sign_cb(void *arg, const uint8_t d[FB_DIGEST_LEN], uint8_t sig[FB_SIG_LEN])
+{
+    fb_sig_sign(arg, d, sig);
+}
+
+static void enqueue(cluster *c, uint32_t to, pbft_msg *m)
+{
+    assert_true(c->qlen < MAXQ);
+    wire *w = &c->q[(c->qhead + c->qlen++) % MAXQ];
+    w->to = to;
+    w->msg = pbft_msg_ref(m);
+}
+
+static void step(cluster *c, uint32_t i, const pbft_event *ev);
+
+static void execute(cluster *c, uint32_t i, const pbft_action *a)
+{
+    pbft_result res[64];
+    uint8_t out[64][8];
+    assert_true(a->execute.nreqs <= 64);
+    for (size_t k = 0; k < a->execute.nreqs; k++) {
+        const pbft_msg *req = a->execute.reqs[k];
+        if (a->execute.seq != 0) {
+            fb_digest_ctx ctx;
+            fb_digest_init(&ctx, FB_DOM_STATE);
+            fb_digest_update(&ctx, c->app[i], FB_DIGEST_LEN);
+            fb_digest_update(&ctx, req->digest, FB_DIGEST_LEN);
+            fb_digest_final(&ctx, c->app[i]);
+            c->executed_reqs[i]++;
+        }
+        memcpy(out[k], c->app[i], 8);
+        res[k] = (pbft_result){out[k], 8};
+    }
+    pbft_event ev = {.kind = PBFT_EV_EXECUTED, .now_ms = c->now};
+    ev.executed.seq = a->execute.seq;
+    ev.executed.read_req = a->execute.seq == 0 ? a->execute.reqs[0] : NULL;
+    ev.executed.results = res;
+    ev.executed.nresults = a->execute.nreqs;
+    memcpy(ev.executed.app_digest, c->app[i], FB_DIGEST_LEN);
+    if (a->execute.seq != 0) {
+        /* the node persists state and client table with the seq */
+        c->last_exec_disk[i] = a->execute.seq;
+    }
+    step(c, i, &ev);
+    if (a->execute.seq != 0) {
+        free(c->ct_disk[i]);
+        assert_int_equal(pbft_client_table_export(c->r[i], &c->ct_disk[i], &c->ct_len[i]), 0);
+    }
+}
+
+static void carry_out(cluster *c, uint32_t i, const pbft_action *acts, size_t n)
+{
+    /* copy: stepping (EXECUTED) reuses the replica's action buffer */
+    pbft_action *copy = malloc((n ? n : 1) * sizeof *copy);
+    memcpy(copy, acts, n * sizeof *copy);
+    for (size_t k = 0; k < n; k++)
+        if (copy[k].msg)
+            pbft_msg_ref(copy[k].msg);
+    for (size_t k = 0; k < n; k++) {
+        const pbft_action *a = &copy[k];
+        switch (a->kind) {
+        case PBFT_ACT_SEND:
+            enqueue(c, a->to, a->msg);
+            break;
+        case PBFT_ACT_BROADCAST:
+            for (uint32_t j = 0; j < c->n; j++)
+                if (j != i)
+                    enqueue(c, j, a->msg);
+            break;
+        case PBFT_ACT_PERSIST:
+            assert_true(c->nrecs[i] < 4096);
+            c->recs[i][c->nrecs[i]] = a->record;
+            if (a->record.msg)
+                pbft_msg_ref(a->record.msg);
+            c->nrecs[i]++;
+            break;
+        case PBFT_ACT_EXECUTE:
+            execute(c, i, a);
+            break;
+        case PBFT_ACT_REPLY:
+            if (a->reply.client >= CLIENT0 && a->reply.timestamp < 64)
+                c->replies[a->reply.client - CLIENT0][a->reply.timestamp]++;
+            break;
+        default:
+            break;
+        }
+    }
+    for (size_t k = 0; k < n; k++)
+        pbft_msg_unref(copy[k].msg);
+    free(copy);
+}
+
+static void step(cluster *c, uint32_t i, const pbft_event *ev)
+{
+    size_t n = 0;
+    const pbft_action *acts = pbft_step(c->r[i], ev, &n);
+    carry_out(c, i, acts, n);
+}
+
+static void cluster_init(cluster *c, uint32_t n, uint32_t K, uint32_t L)
+{
+    memset(c, 0, sizeof *c);
+    c->n = n;
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t seed[FB_SEED_LEN] = {(uint8_t)(i + 1), 0x5a};
+        fb_key_from_seed(seed, &c->keys[i]);
+    }
+    for (uint32_t i = 0; i < 8; i++) {
+        uint8_t seed[FB_SEED_LEN] = {(uint8_t)(i + 1), 0xc1};
+        fb_key_from_seed(seed, &c->clients[i]);
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        pbft_config cfg = {.n = n,
+                           .id = i,
+                           .checkpoint_interval = K,
+                           .log_window = L,
+                           .batch_max_requests = 4,
+                           .request_timeout_ms = 1000,
+                           .view_change_timeout_ms = 1000,
+                           .retransmit_ms = 300,
+                           .signer = {sign_cb, &c->keys[i]}};
+        char err[128];
+        assert_int_equal(pbft_new(&cfg, &c->r[i], err, sizeof err), 0);
+        c->cfg = cfg;
+    }
+}
+
+static void restart(cluster *c, uint32_t i)
+{
+    pbft_free(c->r[i]);
+    pbft_config cfg = c->cfg;
+    cfg.id = i;
+    cfg.signer = (pbft_signer){sign_cb, &c->keys[i]};
+    char err[128];
+    assert_int_equal(pbft_new(&cfg, &c->r[i], err, sizeof err), 0);
+    assert_int_equal(pbft_restore(c->r[i], c->recs[i], c->nrecs[i], c->last_exec_disk[i],
+                                  c->ct_disk[i], c->ct_len[i]),
+                     0);
+    c->down[i] = false;
+}
+
+static void cluster_free(cluster *c)
+{
+    while (c->qlen) {
+        pbft_msg_unref(c->q[c->qhead].msg);
+        c->qhead = (c->qhead + 1) % MAXQ;
+        c->qlen--;
+    }
+    for (uint32_t i = 0; i < c->n; i++) {
+        pbft_free(c->r[i]);
+        for (size_t k = 0; k < c->nrecs[i]; k++)
+            pbft_msg_unref(c->recs[i][k].msg);
+        free(c->ct_disk[i]);
+    }
+}
+
+/* Deliver messages (through the real parse path) until the network is quiet. */
+static void run(cluster *c)
+{
+    while (c->qlen) {
+        wire w = c->q[c->qhead];
+        c->qhead = (c->qhead + 1) % MAXQ;
+        c->qlen--;
+        if (!c->down[w.to]) {
+            pbft_msg *m = NULL;
+            char err[128];
+            assert_int_equal(
+                pbft_parse(c->r[w.to], w.msg->raw, w.msg->raw_len, &m, err, sizeof err), 0);
+            pbft_event ev = {.kind = PBFT_EV_MESSAGE, .now_ms = c->now, .msg = m};
+            step(c, w.to, &ev);
+            pbft_msg_unref(m);
+        }
+        pbft_msg_unref(w.msg);
+    }
+}
+
+static void tick(cluster *c, uint64_t advance)
+{
+    c->now += advance;
+    for (uint32_t i = 0; i < c->n; i++) {
+        if (c->down[i])
+            continue;
+        pbft_event ev = {.kind = PBFT_EV_TICK, .now_ms = c->now};
+        step(c, i, &ev);
+    }
+    run(c);
+}
+
+static pbft_msg *make_request(cluster *c, uint32_t client, uint64_t ts, bool read_only)
+{
+    Fedbft__Operation op = FEDBFT__OPERATION__INIT;
+    op.kind = read_only ? FEDBFT__OPERATION__KIND__OP_GET : FEDBFT__OPERATION__KIND__OP_PUT;
+    uint8_t key[8] = {(uint8_t)client, (uint8_t)ts};
+    op.key = (ProtobufCBinaryData){sizeof key, key};
+    Fedbft__Request rq = FEDBFT__REQUEST__INIT;
+    rq.client = CLIENT0 + client;
+    rq.timestamp = ts;
+    rq.op = &op;
+    rq.read_only = read_only;
+    pbft_signer s = {sign_cb, &c->clients[client]};
+    pbft_msg *m = NULL;
+    assert_int_equal(
+        pbft_msg_make(FEDBFT__MSG_TYPE__MSG_REQUEST, CLIENT0 + client, &rq.base, &s, NULL, &m), 0);
+    return m;
+}
+
+/* A client sends to every replica (as the real client does). */
+static void submit(cluster *c, uint32_t client, uint64_t ts, bool read_only)
+{
+    pbft_msg *m = make_request(c, client, ts, read_only);
+    for (uint32_t i = 0; i < c->n; i++) {
+        if (c->down[i])
+            continue;
+        pbft_msg *p = NULL;
+        char err[128];
+        assert_int_equal(pbft_parse(c->r[i], m->raw, m->raw_len, &p, err, sizeof err), 0);
+        pbft_event ev = {.kind = PBFT_EV_REQUEST, .now_ms = c->now, .msg = p};
+        step(c, i, &ev);
+        pbft_msg_unref(p);
+    }
+    pbft_msg_unref(m);
+}
+
+static pbft_status status(cluster *c, uint32_t i)
+{
+    pbft_status st;
+    pbft_get_status(c->r[i], &st);
+    return st;
+}
+
+static void assert_same_state(cluster *c, uint64_t min_executed)
+{
+    for (uint32_t i = 0; i < c->n; i++) {
+        if (c->down[i])
+            continue;
+        assert_true(status(c, i).last_executed >= min_executed);
+        assert_memory_equal(c->app[i], c->app[0], FB_DIGEST_LEN);
+    }
+}
+
+/* ------------------------------------------------------------ tests */
+
+static void test_normal_case_and_digest_counts(void **state)
+{
+    (void)state;
+    cluster *c = calloc(1, sizeof *c);
+    cluster_init(c, 4, 4, 16);
+    /* Eight requests from two clients, one at a time, so batches are singletons
+     * and nothing is reordered. */
+    for (uint64_t ts = 1; ts <= 4; ts++) {
+        submit(c, 0, ts, false);
+        run(c);
+        submit(c, 1, ts, false);
+        run(c);
+    }
+    assert_same_state(c, 8);
+    for (uint32_t i = 0; i < 4; i++) {
+        pbft_status st = status(c, i);
+        assert_int_equal(c->executed_reqs[i], 8);
+        /* exactly one digest per request and one per batch at every replica */
+        assert_int_equal(st.digests.requests, 8);
+        assert_int_equal(st.digests.batches, st.last_executed);
+        assert_int_equal(st.view, 0);
+    }
+    for (uint64_t ts = 1; ts <= 4; ts++) {
+        assert_int_equal(c->replies[0][ts], 4);
+        assert_int_equal(c->replies[1][ts], 4);
+    }
+    cluster_free(c);
+    free(c);
+}
+
+static void test_checkpoints_bound_the_log(void **state)
+{
+    (void)state;
+    cluster *c = calloc(1, sizeof *c);
+    cluster_init(c, 4, 4, 8);
+    for (uint64_t ts = 1; ts <= 40; ts++) {
+        submit(c, 0, ts, false);
+        run(c);
+        for (uint32_t i = 0; i < 4; i++)
+            assert_true(status(c, i).log_entries <= 8);
+    }
+    assert_same_state(c, 40);
+    for (uint32_t i = 0; i < 4; i++) {
+        pbft_status st = status(c, i);
+        assert_int_equal(st.stable_seq, 40); /* K = 4 divides 40 */
+        assert_int_equal(st.high_watermark, 48);
+        assert_true(st.log_entries <= 8);
+    }
+    cluster_free(c);
+    free(c);
+}
+
+/* A PRE-PREPARE at h or above H is refused; h + 1 and H are accepted. */
+static void test_watermark_edges(void **state)
+{
+    (void)state;
+    cluster *c = calloc(1, sizeof *c);
+    cluster_init(c, 4, 4, 8); /* h = 0, H = 8 */
+    pbft_signer ps = {sign_cb, &c->keys[0]};
+    pbft_msg *req = make_request(c, 0, 1, false);
+    uint64_t seqs[] = {0, 1, 8, 9};
+    bool accept[] = {false, true, true, false};
+    for (int k = 0; k < 4; k++) {
+        uint8_t d[FB_DIGEST_LEN];
+        pbft_batch_digest(0, &req, 1, NULL, d);
+        Fedbft__PrePrepare pp = FEDBFT__PRE_PREPARE__INIT;
+        pp.view = 0;
+        pp.seq = seqs[k];
+        pp.digest = (ProtobufCBinaryData){FB_DIGEST_LEN, d};
+        Fedbft__Envelope *envs[1] = {req->env};
+        pp.requests = envs;
+        pp.n_requests = 1;
+        pbft_msg *m = NULL;
+        assert_int_equal(pbft_msg_make_batch(FEDBFT__MSG_TYPE__MSG_PRE_PREPARE, 0, &pp.base, &req,
+                                             1, &ps, NULL, &m),
+                         0);
+        uint64_t before = status(c, 1).rejected;
+        size_t n = 0;
+        pbft_event ev = {.kind = PBFT_EV_MESSAGE, .now_ms = 0, .msg = m};
+        const pbft_action *a = pbft_step(c->r[1], &ev, &n);
+        bool prepared = false;
+        for (size_t j = 0; j < n; j++)
+            prepared |=
+                a[j].kind == PBFT_ACT_BROADCAST && a[j].msg->type == FEDBFT__MSG_TYPE__MSG_PREPARE;
+        assert_int_equal(prepared, accept[k]);
+        assert_int_equal(status(c, 1).rejected - before, accept[k] ? 0 : 1);
+        pbft_msg_unref(m);
+    }
+    pbft_msg_unref(req);
+    cluster_free(c);
+    free(c);
+}
+
+static void test_exactly_once_and_stale(void **state)
+{
+    (void)state;
+    cluster *c = calloc(1, sizeof *c);
+    cluster_init(c, 4, 4, 16);
+    submit(c, 0, 5, false);
+    run(c);
+    assert_int_equal(c->replies[0][5], 4);
+    uint64_t exec = c->executed_reqs[0];
+    /* retransmission: answered from the cached reply, not executed again */
+    submit(c, 0, 5, false);
+    run(c);
+    assert_int_equal(c->replies[0][5], 8);
+    assert_int_equal(c->executed_reqs[0], exec);
+    /* stale timestamp: ignored */
+    submit(c, 0, 3, false);
+    run(c);
+    tick(c, 10);
+    assert_int_equal(c->replies[0][3], 0);
+    assert_int_equal(c->executed_reqs[0], exec);
+    /* read-only: answered without ordering, by every replica */
+    uint64_t seq = status(c, 0).last_executed;
+    submit(c, 0, 6, true);
+    run(c);
+    assert_int_equal(c->replies[0][6], 4);
+    assert_int_equal(status(c, 0).last_executed, seq);
+    cluster_free(c);
+    free(c);
+}
+
+static void test_silent_primary_is_replaced(void **state)
+{
+    (void)state;
+    cluster *c = calloc(1, sizeof *c);
+    cluster_init(c, 4, 4, 16);
+    submit(c, 0, 1, false);
+    run(c);
+    assert_same_state(c, 1);
+    c->down[0] = true; /* the primary of view 0 goes silent */
+    submit(c, 0, 2, false);
+    run(c);
+    for (int k = 0; k < 20 && status(c, 1).last_executed < 2; k++)
+        tick(c, 500);
+    for (uint32_t i = 1; i < 4; i++) {
+        pbft_status st = status(c, i);
+        assert_int_equal(st.view, 1);
+        assert_false(st.view_changing);
+        assert_int_equal(st.last_executed, 2);
+    }
+    assert_int_equal(c->replies[0][2], 3);
+    /* the new primary orders new requests */
+    submit(c, 1, 1, false);
+    run(c);
+    assert_int_equal(c->replies[1][1], 3);
+    cluster_free(c);
+    free(c);
+}
+
+/* A replica restarted from its persisted records rejoins and catches up. */
+static void test_restart_from_records(void **state)
+{
+    (void)state;
+    cluster *c = calloc(1, sizeof *c);
+    cluster_init(c, 4, 4, 8);
+    for (uint64_t ts = 1; ts <= 6; ts++) {
+        submit(c, 0, ts, false);
+        run(c);
+    }
+    c->down[2] = true;
+    for (uint64_t ts = 7; ts <= 30; ts++) {
+        submit(c, 0, ts, false);
+        run(c);
+    }
+    restart(c, 2);
+    for (int k = 0; k < 10; k++)
+        tick(c, 400);
+    /* replica 2 fell behind by more than the window: it must have learned
+     * the stable checkpoint from its peers and asked for the state */
+    pbft_status st = status(c, 2);
+    assert_true(st.stable_seq >= 24);
+    assert_true(st.fetching_seq >= 24 || st.last_executed >= 24);
+    cluster_free(c);
+    free(c);
+}
+
+static void test_config_errors(void **state)
+{
+    (void)state;
+    char err[160];
+    pbft_replica *r = NULL;
+    pbft_config cfg = {.n = 3, .signer = {sign_cb, NULL}};
+    assert_int_equal(pbft_new(&cfg, &r, err, sizeof err), FB_EINVAL);
+    assert_non_null(strstr(err, "at least 4"));
+    cfg.n = 4;
+    cfg.id = 4;
+    assert_int_equal(pbft_new(&cfg, &r, err, sizeof err), FB_EINVAL);
+    cfg.id = 0;
+    cfg.checkpoint_interval = 4;
+    cfg.log_window = 6;
+    assert_int_equal(pbft_new(&cfg, &r, err, sizeof err), FB_EINVAL);
+    assert_non_null(strstr(err, "multiple"));
+    assert_null(r);
+}
+
+int main(void)
+{
+    if (fb_crypto_init() != 0)
+        return 1;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_normal_case_and_digest_counts),
+        cmocka_unit_test(test_checkpoints_bound_the_log),
+        cmocka_unit_test(test_watermark_edges),
+        cmocka_unit_test(test_exactly_once_and_stale),
+        cmocka_unit_test(test_silent_primary_is_replaced),
+        cmocka_unit_test(test_restart_from_records),
+        cmocka_unit_test(test_config_errors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
