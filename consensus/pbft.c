@@ -811,6 +811,21 @@ static void on_pre_prepare(pbft_replica *r, pbft_msg *m)
     install_pre_prepare(r, s, m, pp->view);
 }
 
+/* A replica that sends again a vote we hold already is retransmitting: it has
+ * not completed this slot.  Answer it directly with our part of the slot so
+ * it can finish even if everyone else has moved on. */
+static void help_laggard(pbft_replica *r, slot *s, uint32_t to)
+{
+    if (!s->pp || s->pp_view != r->view)
+        return;
+    if (primary_of(r, s->pp_view) == r->cfg.id)
+        send_to(r, to, s->pp);
+    else if (s->prepares[r->cfg.id])
+        send_to(r, to, s->prepares[r->cfg.id]);
+    if (s->own_commit_sent && s->commits[r->cfg.id])
+        send_to(r, to, s->commits[r->cfg.id]);
+}
+
 static void on_prepare(pbft_replica *r, pbft_msg *m)
 {
     const Fedbft__Prepare *p = m->u.prepare;
@@ -823,8 +838,10 @@ static void on_prepare(pbft_replica *r, pbft_msg *m)
         r->rejected++;
         return;
     }
-    if (s->prepares[m->sender])
+    if (s->prepares[m->sender]) {
+        help_laggard(r, s, m->sender);
         return;
+    }
     s->prepares[m->sender] = pbft_msg_ref(m);
     prepare_if_ready(r, s);
 }
@@ -841,8 +858,10 @@ static void on_commit(pbft_replica *r, pbft_msg *m)
         r->rejected++;
         return;
     }
-    if (s->commits[m->sender])
+    if (s->commits[m->sender]) {
+        help_laggard(r, s, m->sender);
         return;
+    }
     s->commits[m->sender] = pbft_msg_ref(m);
     commit_if_ready(r, s);
 }
