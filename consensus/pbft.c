@@ -794,9 +794,9 @@ static void on_pre_prepare(pbft_replica *r, pbft_msg *m)
         r->rejected++;
         return;
     }
-    slot *s = slot_for(r, pp->seq);
+    slot *s = pp->n_requests <= r->cfg.batch_max_requests ? slot_for(r, pp->seq) : NULL;
     if (!s) {
-        r->rejected++;
+        r->rejected++; /* outside the watermarks, or a batch larger than the cluster allows */
         return;
     }
     if (s->pp && s->pp_view == pp->view) {

@@ -277,8 +277,12 @@ int pbft_msg_make_batch(int type, uint32_t sender, const ProtobufCMessage *paylo
         free(pbuf);
         return rc;
     }
-    if (stats)
-        stats->envelopes++;
+    if (stats) {
+        if (type == FEDBFT__MSG_TYPE__MSG_REQUEST)
+            stats->requests++;
+        else
+            stats->envelopes++;
+    }
     signer->sign(signer->arg, digest, sig);
     Fedbft__Envelope env = FEDBFT__ENVELOPE__INIT;
     env.type = (Fedbft__MsgType)type;

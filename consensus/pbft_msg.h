@@ -88,7 +88,8 @@ int pbft_msg_parse(const uint8_t *raw, size_t len, const pbft_req_lookup *lookup
 int pbft_msg_from_env(const Fedbft__Envelope *env, const pbft_req_lookup *lookup,
                       pbft_digest_stats *stats, pbft_msg **out, char *err, size_t errlen);
 
-/* Pack payload, sign it as (type, sender) and return the parsed result. */
+/* Pack payload, sign it as (type, sender) and return the parsed result.  For
+ * a PRE-PREPARE use pbft_msg_make_batch (this one re-parses its requests). */
 int pbft_msg_make(int type, uint32_t sender, const ProtobufCMessage *payload,
                   const pbft_signer *signer, pbft_digest_stats *stats, pbft_msg **out);
 

@@ -590,7 +590,8 @@ int pbft_vc_make_new_view(const pbft_params *p, uint64_t new_view, uint32_t self
 {
     if (check_params(p, NULL, 0) || new_view == 0 || self != pbft_primary(new_view, p->n) ||
         nvcs < p->quorum || nvcs > p->n || o->max_s < o->min_s ||
-        o->nentries != o->max_s - o->min_s || o->nentries > p->log_window)
+        o->nentries != o->max_s - o->min_s || o->nentries > p->log_window ||
+        check_v(p, new_view, vcs, nvcs, NULL, 0))
         return FB_EINVAL;
     pbft_msg **pps = NULL;
     Fedbft__Envelope **vc_envs = NULL, **pp_envs = NULL;

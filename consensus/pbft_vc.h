@@ -42,6 +42,12 @@ typedef struct pbft_params {
  *    PREPAREs from distinct replicas other than that primary, each matching
  *    (view, seq, digest) with payload.replica == sender;
  *  - at most one certificate per seq.
+ * Also (choices of this implementation): a proof at stable_seq 0 is rejected;
+ * duplicate senders among checkpoints or a certificate's prepares are
+ * rejected; a PREPARE from the certificate's primary is tolerated but not
+ * counted; a certificate with digest_only set is rejected (its batch is
+ * needed to re-propose it); at most n checkpoints, n prepares per
+ * certificate and L certificates are accepted.
  * Returns 0, or FB_EPROTO with the reason in why. */
 int pbft_vc_check(const pbft_params *p, const pbft_msg *vc, pbft_digest_stats *stats, char *why,
                   size_t whylen);
@@ -67,14 +73,22 @@ typedef struct pbft_o_set {
 } pbft_o_set;
 
 /* Compute O from V.  vcs: distinct senders, each passed pbft_vc_check with
- * new_view equal to new_view; nvcs >= quorum.  FB_EPROTO if not, FB_ENOMEM. */
+ * new_view equal to new_view; nvcs >= quorum.  FB_EPROTO if not, FB_ENOMEM.
+ * The shape of V (types, view, distinct senders < n, quorum <= nvcs <= n) is
+ * checked here; pbft_vc_check is not re-run, but a certificate beyond
+ * min_s + L is still refused.  min_s_vc is the first VIEW-CHANGE in V with
+ * the highest stable_seq.  Two certificates for one seq from the same view
+ * (possible only with more than f faults) resolve to the lower digest, so O
+ * does not depend on V's order. */
 int pbft_vc_compute_o(const pbft_params *p, uint64_t new_view, pbft_msg *const *vcs, size_t nvcs,
                       pbft_digest_stats *stats, pbft_o_set *out, char *why, size_t whylen);
 void pbft_o_set_free(pbft_o_set *o);
 
 /* New primary: sign the O set's PRE-PREPAREs for new_view (each re-proposes
  * its source's requests and nondet unchanged, so the digest is unchanged) and
- * the NEW-VIEW carrying vcs and them.  self must be pbft_primary(new_view). */
+ * the NEW-VIEW carrying vcs and them, O in seq order.  self must be
+ * pbft_primary(new_view) and V well-formed as for pbft_vc_compute_o, else
+ * FB_EINVAL. */
 int pbft_vc_make_new_view(const pbft_params *p, uint64_t new_view, uint32_t self,
                           pbft_msg *const *vcs, size_t nvcs, const pbft_o_set *o,
                           const pbft_signer *signer, pbft_digest_stats *stats, pbft_msg **out);
@@ -92,12 +106,15 @@ typedef struct pbft_new_view_info {
     size_t nvcs;
 } pbft_new_view_info;
 
-/* Check a NEW-VIEW: sender == pbft_primary(view); V holds >= quorum
- * VIEW-CHANGEs for view from distinct replicas, each passing pbft_vc_check;
- * O recomputed from V matches the message's PRE-PREPAREs exactly (same seqs
- * (min_s, max_s], each sent by the primary for view with the computed digest).
+/* Check a NEW-VIEW: sender == pbft_primary(view), view >= 1; V holds quorum
+ * to n VIEW-CHANGEs for view from distinct replicas, each passing
+ * pbft_vc_check; O recomputed from V matches the message's PRE-PREPAREs
+ * exactly (seqs (min_s, max_s] in seq order, each sent by the primary for
+ * view with the computed digest; at most L of them).
  * On success fills out (free with pbft_new_view_info_free).  lookup lets
- * nested requests reuse known digests.  FB_EPROTO with the reason. */
+ * nested requests reuse known digests; O's requests also reuse the
+ * certificates' (each nested message is digested once).  min_s_proof is the
+ * whole proof of min_s_vc.  FB_EPROTO with the reason. */
 int pbft_vc_check_new_view(const pbft_params *p, const pbft_msg *nv, const pbft_req_lookup *lookup,
                            pbft_digest_stats *stats, pbft_new_view_info *out, char *why,
                            size_t whylen);
