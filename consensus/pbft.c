@@ -94,6 +94,7 @@ struct pbft_replica {
 
     pbft_digest_stats digests;
     uint64_t rejected;
+    bool restored; /* set by pbft_restore until the first step */
 };
 
 /* ------------------------------------------------------------ output */
@@ -1145,6 +1146,10 @@ static void install_new_view(pbft_replica *r, pbft_msg *nv, pbft_new_view_info *
         if (!s || s->seq != c->proposed_seq || !s->pp || s->pp_view != r->view) {
             c->proposed_seq = 0;
             pbft_clients_enqueue(&r->clients, c);
+            /* The new primary may never have seen it (section 4.4: backups
+             * forward what they wait for). */
+            if (!is_primary(r))
+                send_to(r, primary_of(r, r->view), c->pending);
         }
         c->pending_since = r->now;
     }
@@ -1446,8 +1451,16 @@ const pbft_action *pbft_step(pbft_replica *r, const pbft_event *ev, size_t *nact
     release_held(r);
     if (ev->now_ms > r->now)
         r->now = ev->now_ms;
-    if (r->retransmit_at == 0)
+    if (r->restored) {
+        /* Back from a crash: re-send our part of unfinished work now (our
+         * VIEW-CHANGE included) and wait for NEW-VIEW from this moment. */
+        r->restored = false;
+        r->retransmit_at = r->now;
+        if (r->view_changing)
+            r->vc_at = r->now + vc_timeout(r);
+    } else if (r->retransmit_at == 0) {
         r->retransmit_at = r->now + r->cfg.retransmit_ms;
+    }
     switch (ev->kind) {
     case PBFT_EV_MESSAGE:
         if (ev->msg)
@@ -1627,8 +1640,7 @@ int pbft_restore(pbft_replica *r, const pbft_record *recs, size_t nrecs, uint64_
             r->vcs[i] = NULL;
         }
     }
-    if (r->view_changing && r->vcs[r->cfg.id])
-        r->vc_at = 0; /* resend our vote at the first tick */
+    r->restored = true; /* the first step re-sends what is unfinished */
     if (r->last_executed < r->h)
         start_fetch(r, r->h, r->h_digest);
     return 0;

@@ -466,6 +466,46 @@ static void test_restart_from_records(void **state)
     free(c);
 }
 
+/* Restarted in the middle of a view change, a replica re-sends its vote for
+ * the same view (not the next one) and the change completes. */
+static void test_restart_during_view_change(void **state)
+{
+    (void)state;
+    cluster *c = calloc(1, sizeof *c);
+    cluster_init(c, 4, 4, 16);
+    submit(c, 0, 1, false);
+    run(c);
+    c->down[0] = c->down[1] = true; /* primaries of views 0 and 1 */
+    submit(c, 0, 2, false);
+    run(c);
+    tick(c, 1100); /* request timers fire: 2 and 3 vote for view 1, no quorum */
+    assert_true(status(c, 2).view_changing);
+    assert_int_equal(status(c, 2).view, 1);
+
+    restart(c, 2);
+    size_t n = 0;
+    pbft_event ev = {.kind = PBFT_EV_TICK, .now_ms = c->now + 1};
+    const pbft_action *a = pbft_step(c->r[2], &ev, &n);
+    bool revoted = false;
+    for (size_t k = 0; k < n; k++)
+        if (a[k].kind == PBFT_ACT_BROADCAST && a[k].msg->type == FEDBFT__MSG_TYPE__MSG_VIEW_CHANGE)
+            revoted |= a[k].msg->u.view_change->new_view == 1;
+    assert_true(revoted);
+    assert_int_equal(status(c, 2).view, 1);
+    carry_out(c, 2, a, n);
+
+    c->down[0] = c->down[1] = false; /* they come back and join */
+    for (int k = 0; k < 10 && status(c, 2).last_executed < 2; k++)
+        tick(c, 400);
+    for (uint32_t i = 0; i < 4; i++) {
+        assert_int_equal(status(c, i).view, 1);
+        assert_false(status(c, i).view_changing);
+    }
+    assert_int_equal(status(c, 2).last_executed, 2);
+    cluster_free(c);
+    free(c);
+}
+
 static void test_config_errors(void **state)
 {
     (void)state;
@@ -496,6 +536,7 @@ int main(void)
         cmocka_unit_test(test_exactly_once_and_stale),
         cmocka_unit_test(test_silent_primary_is_replaced),
         cmocka_unit_test(test_restart_from_records),
+        cmocka_unit_test(test_restart_during_view_change),
         cmocka_unit_test(test_config_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
