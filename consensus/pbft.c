@@ -696,7 +696,8 @@ static void commit_if_ready(pbft_replica *r, slot *s)
     try_execute(r);
 }
 
-static void send_commit(pbft_replica *r, slot *s)
+/* Our COMMIT for s, stored in the slot (not sent). */
+static pbft_msg *own_commit(pbft_replica *r, slot *s)
 {
     Fedbft__Commit c = FEDBFT__COMMIT__INIT;
     c.view = s->pp_view;
@@ -709,7 +710,12 @@ static void send_commit(pbft_replica *r, slot *s)
     pbft_msg_unref(s->commits[r->cfg.id]);
     s->commits[r->cfg.id] = m;
     s->own_commit_sent = true;
-    broadcast(r, m);
+    return m;
+}
+
+static void send_commit(pbft_replica *r, slot *s)
+{
+    broadcast(r, own_commit(r, s));
 }
 
 /* prepared(m, v, n, i): the pre-prepare and quorum - 1 matching prepares from
@@ -741,7 +747,8 @@ static void prepare_if_ready(pbft_replica *r, slot *s)
     commit_if_ready(r, s);
 }
 
-static void send_prepare(pbft_replica *r, slot *s)
+/* Our PREPARE for s, stored in the slot (not sent). */
+static pbft_msg *own_prepare(pbft_replica *r, slot *s)
 {
     Fedbft__Prepare p = FEDBFT__PREPARE__INIT;
     p.view = s->pp_view;
@@ -753,7 +760,12 @@ static void send_prepare(pbft_replica *r, slot *s)
         abort();
     pbft_msg_unref(s->prepares[r->cfg.id]);
     s->prepares[r->cfg.id] = m;
-    broadcast(r, m);
+    return m;
+}
+
+static void send_prepare(pbft_replica *r, slot *s)
+{
+    broadcast(r, own_prepare(r, s));
 }
 
 /* Install an accepted PRE-PREPARE for seq in view: durable first, then our
@@ -1557,7 +1569,7 @@ static void restore_certs(pbft_replica *r)
         pbft_msg *cert[r->n];
         for (uint32_t j = 0; j < r->n; j++) {
             pbft_msg *m = s->prepares[j];
-            if (m && j != primary && j != r->cfg.id && m->u.prepare->view == s->pp_view &&
+            if (m && j != primary && m->u.prepare->view == s->pp_view &&
                 digest_eq(m->u.prepare->digest.data, pp_digest(s->pp)))
                 cert[k++] = m;
         }
@@ -1566,6 +1578,17 @@ static void restore_certs(pbft_replica *r)
             s->cert_pp = pbft_msg_ref(s->pp);
             for (uint32_t j = 0; j + 1 < r->quorum; j++)
                 s->cert_prepares[s->ncert++] = pbft_msg_ref(cert[j]);
+        }
+        /* Our own votes were not persisted: they follow from what was
+         * (deterministic signatures make them the same bytes), and the first
+         * retransmission sends them again. */
+        if (r->view_changing || s->pp_view != r->view || s->executed)
+            continue;
+        if (primary != r->cfg.id && !s->prepares[r->cfg.id])
+            own_prepare(r, s);
+        if (s->cert_pp == s->pp) {
+            s->prepared = true;
+            own_commit(r, s);
         }
     }
 }
