@@ -24,6 +24,7 @@ typedef struct slot {
     uint64_t pp_view;
     pbft_msg **prepares; /* [n] by sender, for pp_view */
     pbft_msg **commits;  /* [n] by sender, for pp_view */
+    uint64_t *helped_at; /* [n] when we last answered that replica's retransmission */
     bool prepared, committed, executed;
     bool own_commit_sent;
     /* The prepared certificate from the highest view in which this seq
@@ -72,6 +73,8 @@ struct pbft_replica {
     pbft_msg **exec_reqs;   /* requests of the outstanding EXECUTE */
     size_t nexec_reqs, exec_cap;
     bool ro_inflight;
+    uint8_t *ro_result; /* copy of the last read-only result (actions point here) */
+    size_t ro_result_len;
     pbft_msg *ro_queue[MAX_READONLY];
     uint32_t ro_head, ro_count;
 
@@ -244,6 +247,11 @@ int pbft_config_check(pbft_config *c, char *err, size_t errlen)
         c->view_change_timeout_ms = 2000;
     if (!c->retransmit_ms)
         c->retransmit_ms = 500;
+    if (!c->view_change_max_backoff)
+        c->view_change_max_backoff = 4;
+    if (c->view_change_max_backoff > 16)
+        return fb_errf(err, errlen, FB_EINVAL, "view_change_max_backoff %u is above 16",
+                       c->view_change_max_backoff);
     return 0;
 }
 
@@ -278,10 +286,13 @@ static void slot_reset(pbft_replica *r, slot *s)
     release_cert(s);
     pbft_msg_unref(s->pp);
     pbft_msg **p = s->prepares, **c = s->commits, **cp = s->cert_prepares;
+    uint64_t *helped = s->helped_at;
     memset(s, 0, sizeof *s);
     s->prepares = p;
     s->commits = c;
     s->cert_prepares = cp;
+    s->helped_at = helped;
+    memset(helped, 0, r->n * sizeof *helped);
 }
 
 /* The slot for seq, claimed if unused.  NULL outside the window. */
@@ -560,7 +571,7 @@ static void reply(pbft_replica *r, const pbft_client *c, uint64_t seq_override, 
     pbft_action *a = push(r, PBFT_ACT_REPLY);
     a->reply.client = c->id;
     a->reply.timestamp = ts;
-    a->reply.view = read_only ? r->view : c->reply_view;
+    a->reply.view = r->view;
     a->reply.seq = read_only ? seq_override : c->reply_seq;
     a->reply.result = read_only ? *res : (pbft_result){c->reply, c->reply_len};
 }
@@ -630,8 +641,19 @@ static void on_executed(pbft_replica *r, const pbft_event *ev)
         }
         r->ro_inflight = false;
         pbft_msg *req = r->exec_reqs[0];
+        /* The event's buffer dies with this call; the REPLY outlives it. */
+        const pbft_result *res = &ev->executed.results[0];
+        size_t len = res->len < r->cfg.max_result_bytes ? res->len : r->cfg.max_result_bytes;
+        uint8_t *copy = realloc(r->ro_result, len ? len : 1);
+        if (!copy)
+            abort();
+        if (len)
+            memcpy(copy, res->data, len);
+        r->ro_result = copy;
+        r->ro_result_len = len;
+        pbft_result kept = {copy, len};
         pbft_client tmp = {.id = req->u.request->client};
-        reply(r, &tmp, r->last_executed, true, &ev->executed.results[0], req->u.request->timestamp);
+        reply(r, &tmp, r->last_executed, true, &kept, req->u.request->timestamp);
         try_execute(r);
         return;
     }
@@ -829,8 +851,13 @@ static void on_pre_prepare(pbft_replica *r, pbft_msg *m)
  * it can finish even if everyone else has moved on. */
 static void help_laggard(pbft_replica *r, slot *s, uint32_t to)
 {
-    if (!s->pp || s->pp_view != r->view)
+    /* Only a replica that finished the slot helps, and once per retransmit
+     * interval per peer: two replicas answering each other's answers would
+     * never stop. */
+    if (!s->pp || s->pp_view != r->view || !s->committed ||
+        r->now < s->helped_at[to] + r->cfg.retransmit_ms)
         return;
+    s->helped_at[to] = r->now;
     if (primary_of(r, s->pp_view) == r->cfg.id)
         send_to(r, to, s->pp);
     else if (s->prepares[r->cfg.id])
@@ -1020,10 +1047,31 @@ static pbft_msg *build_view_change(pbft_replica *r)
     return m;
 }
 
+/* The NEW-VIEW timeout doubles with each consecutive view change, up to
+ * 2^view_change_max_backoff times the base, so a long partition does not
+ * leave the cluster waiting exponentially long once it heals. */
 static uint64_t vc_timeout(const pbft_replica *r)
 {
-    uint32_t shift = r->vc_backoff < 16 ? r->vc_backoff : 16;
+    uint32_t shift = r->vc_backoff ? r->vc_backoff - 1 : 0;
+    if (shift > r->cfg.view_change_max_backoff)
+        shift = r->cfg.view_change_max_backoff;
     return r->cfg.view_change_timeout_ms << shift;
+}
+
+/* Section 4.5.2: the timer for NEW-VIEW starts once a quorum of replicas has
+ * voted for our target view - or for a later one.  Counting later votes too
+ * keeps a quorum that is behind moving (when the votes for exactly our view
+ * were lost, e.g. by a restarted replica), while a replica that raced ahead
+ * alone waits for the others instead of running further away. */
+static void arm_view_change_timer(pbft_replica *r)
+{
+    if (!r->view_changing || r->vc_at != NO_DEADLINE)
+        return;
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < r->n; i++)
+        k += r->vcs[i] && r->vcs[i]->u.view_change->new_view >= r->view;
+    if (k >= r->quorum)
+        r->vc_at = r->now + vc_timeout(r);
 }
 
 static void try_new_view(pbft_replica *r);
@@ -1049,7 +1097,8 @@ static void start_view_change(pbft_replica *r, uint64_t v)
     r->vcs[r->cfg.id] = pbft_msg_ref(m);
     broadcast(r, m);
     pbft_msg_unref(m);
-    r->vc_at = r->now + vc_timeout(r);
+    r->vc_at = NO_DEADLINE;
+    arm_view_change_timer(r);
     r->request_at = NO_DEADLINE;
     r->batch_at = NO_DEADLINE;
     try_new_view(r);
@@ -1198,6 +1247,7 @@ static void on_view_change(pbft_replica *r, pbft_msg *m)
     pbft_msg_unref(old);
     r->vcs[m->sender] = pbft_msg_ref(m);
     maybe_join(r);
+    arm_view_change_timer(r);
     try_new_view(r);
 }
 
@@ -1360,7 +1410,8 @@ int pbft_new(const pbft_config *cfg, pbft_replica **out, char *err, size_t errle
         s->prepares = calloc(c.n, sizeof *s->prepares);
         s->commits = calloc(c.n, sizeof *s->commits);
         s->cert_prepares = calloc(r->quorum, sizeof *s->cert_prepares);
-        ok = s->prepares && s->commits && s->cert_prepares;
+        s->helped_at = calloc(c.n, sizeof *s->helped_at);
+        ok = s->prepares && s->commits && s->cert_prepares && s->helped_at;
     }
     for (uint32_t i = 0; ok && i < r->nckpts; i++)
         ok = (r->ckpts[i].msgs = calloc(c.n, sizeof *r->ckpts[i].msgs)) != NULL;
@@ -1386,8 +1437,10 @@ void pbft_free(pbft_replica *r)
         return;
     release_held(r);
     for (uint32_t i = 0; r->slots && i < r->cfg.log_window; i++) {
-        if (r->slots[i].prepares && r->slots[i].commits && r->slots[i].cert_prepares)
+        if (r->slots[i].prepares && r->slots[i].commits && r->slots[i].cert_prepares &&
+            r->slots[i].helped_at)
             slot_reset(r, &r->slots[i]);
+        free(r->slots[i].helped_at);
         free(r->slots[i].prepares);
         free(r->slots[i].commits);
         free(r->slots[i].cert_prepares);
@@ -1417,6 +1470,7 @@ void pbft_free(pbft_replica *r)
     free(r->far_ckpt);
     free(r->h_proof);
     free(r->exec_reqs);
+    free(r->ro_result);
     free(r->acts);
     free(r->held);
     free(r);
@@ -1468,8 +1522,7 @@ const pbft_action *pbft_step(pbft_replica *r, const pbft_event *ev, size_t *nact
          * VIEW-CHANGE included) and wait for NEW-VIEW from this moment. */
         r->restored = false;
         r->retransmit_at = r->now;
-        if (r->view_changing)
-            r->vc_at = r->now + vc_timeout(r);
+        arm_view_change_timer(r);
     } else if (r->retransmit_at == 0) {
         r->retransmit_at = r->now + r->cfg.retransmit_ms;
     }

@@ -54,23 +54,25 @@ uint32_t pbft_primary(uint64_t view, uint32_t n); /* view mod n */
 /* ------------------------------------------------------------ config */
 
 typedef struct pbft_config {
-    uint32_t n;                      /* replicas, >= 4 */
-    uint32_t id;                     /* this replica, < n */
-    uint32_t checkpoint_interval;    /* K: checkpoint every K sequence numbers (default 16) */
-    uint32_t log_window;             /* L: H = h + L; a multiple of K, >= 2K (default 4K) */
-    uint32_t batch_max_requests;     /* per PRE-PREPARE (default 64) */
-    uint32_t batch_max_bytes;        /* request bytes per PRE-PREPARE (default 256 KiB) */
-    uint64_t batch_max_delay_ms;     /* a partial batch waits at most this long (default 2) */
-    uint32_t max_inflight;           /* batches proposed but not executed (default L / 2) */
-    uint32_t max_pending;            /* requests queued at a replica (default 4096) */
-    uint32_t max_clients;            /* client table rows (default 4096) */
-    uint32_t max_result_bytes;       /* cached reply size per client (default 64 KiB) */
-    uint64_t request_timeout_ms;     /* a request not executed by then starts a view change
-                                        (default 2000) */
-    uint64_t view_change_timeout_ms; /* waiting for NEW-VIEW; doubles each consecutive
-                                        view change (default 2000) */
-    uint64_t retransmit_ms;          /* resend own uncommitted votes this often (default 500) */
-    pbft_signer signer;              /* signs with this replica's identity key */
+    uint32_t n;                       /* replicas, >= 4 */
+    uint32_t id;                      /* this replica, < n */
+    uint32_t checkpoint_interval;     /* K: checkpoint every K sequence numbers (default 16) */
+    uint32_t log_window;              /* L: H = h + L; a multiple of K, >= 2K (default 4K) */
+    uint32_t batch_max_requests;      /* per PRE-PREPARE (default 64) */
+    uint32_t batch_max_bytes;         /* request bytes per PRE-PREPARE (default 256 KiB) */
+    uint64_t batch_max_delay_ms;      /* a partial batch waits at most this long (default 2) */
+    uint32_t max_inflight;            /* batches proposed but not executed (default L / 2) */
+    uint32_t max_pending;             /* requests queued at a replica (default 4096) */
+    uint32_t max_clients;             /* client table rows (default 4096) */
+    uint32_t max_result_bytes;        /* cached reply size per client (default 64 KiB) */
+    uint64_t request_timeout_ms;      /* a request not executed by then starts a view change
+                                         (default 2000) */
+    uint64_t view_change_timeout_ms;  /* waiting for NEW-VIEW, from the moment a quorum
+                                         voted for our view or later; doubles each
+                                         consecutive view change (default 2000) */
+    uint32_t view_change_max_backoff; /* at most 2^this times the base (default 4) */
+    uint64_t retransmit_ms;           /* resend own uncommitted votes this often (default 500) */
+    pbft_signer signer;               /* signs with this replica's identity key */
 } pbft_config;
 
 /* Fill defaults for zero fields and check the rest.  FB_EINVAL with a reason. */

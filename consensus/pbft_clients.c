@@ -172,7 +172,9 @@ static int by_id(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-#define ROW_HDR (4 + 8 + 8 + 8 + 4)
+/* The view a request executed in is not state: replicas may execute the same
+ * batch after committing it in different views.  It stays out of the blob. */
+#define ROW_HDR (4 + 8 + 8 + 4)
 
 int pbft_clients_export(const pbft_clients *t, uint8_t **out, size_t *len)
 {
@@ -196,9 +198,8 @@ int pbft_clients_export(const pbft_clients *t, uint8_t **out, size_t *len)
         const pbft_client *c = rows[i];
         put32(p, c->id);
         put64(p + 4, c->last_ts);
-        put64(p + 12, c->reply_view);
-        put64(p + 20, c->reply_seq);
-        put32(p + 28, (uint32_t)c->reply_len);
+        put64(p + 12, c->reply_seq);
+        put32(p + 20, (uint32_t)c->reply_len);
         if (c->reply_len)
             memcpy(p + ROW_HDR, c->reply, c->reply_len);
         p += ROW_HDR + c->reply_len;
@@ -216,7 +217,7 @@ int pbft_clients_import(pbft_clients *t, const uint8_t *blob, size_t len, size_t
     for (size_t off = 0; off < len; rows++) {
         if (len - off < ROW_HDR)
             return FB_ECORRUPT;
-        uint64_t rlen = get(blob + off + 28, 4);
+        uint64_t rlen = get(blob + off + 20, 4);
         if (rlen > max_reply || rlen > len - off - ROW_HDR)
             return FB_ECORRUPT;
         off += ROW_HDR + (size_t)rlen;
@@ -231,12 +232,12 @@ int pbft_clients_import(pbft_clients *t, const uint8_t *blob, size_t len, size_t
     }
     for (size_t off = 0; off < len;) {
         const uint8_t *p = blob + off;
-        size_t rlen = (size_t)get(p + 28, 4);
+        size_t rlen = (size_t)get(p + 20, 4);
         pbft_client *c = pbft_clients_get(t, (uint32_t)get(p, 4));
         if (!c)
             return FB_ETOOBIG;
-        int rc = pbft_clients_record(t, c, get(p + 4, 8), get(p + 12, 8), get(p + 20, 8),
-                                     p + ROW_HDR, rlen, max_reply);
+        int rc = pbft_clients_record(t, c, get(p + 4, 8), 0, get(p + 12, 8), p + ROW_HDR, rlen,
+                                     max_reply);
         if (rc)
             return rc;
         pbft_clients_clear_pending(t, c, c->last_ts);

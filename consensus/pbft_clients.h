@@ -19,8 +19,9 @@
 
 typedef struct pbft_client {
     uint32_t id;
-    uint64_t last_ts; /* last executed timestamp (0 = none) */
-    uint64_t reply_view, reply_seq;
+    uint64_t last_ts;    /* last executed timestamp (0 = none) */
+    uint64_t reply_view; /* informational: not exported, not part of the state */
+    uint64_t reply_seq;
     uint8_t *reply;
     size_t reply_len;
     pbft_msg *pending;      /* newest request with timestamp > last_ts, or NULL */
@@ -66,7 +67,8 @@ int pbft_clients_record(pbft_clients *t, pbft_client *c, uint64_t ts, uint64_t v
                         const uint8_t *reply, size_t len, size_t max);
 
 /* Canonical blob of every record with last_ts > 0, by client id:
- * repeated { id u32, last_ts u64, view u64, seq u64, len u32, reply }, all BE. */
+ * repeated { id u32, last_ts u64, seq u64, len u32, reply }, all BE.  The view
+ * a request executed in is left out: it is not state. */
 int pbft_clients_export(const pbft_clients *t, uint8_t **out, size_t *len);
 
 /* Replace the executed part of the table with a blob from pbft_clients_export
