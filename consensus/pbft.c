@@ -22,9 +22,10 @@ typedef struct slot {
     uint64_t seq; /* 0 = unused */
     pbft_msg *pp; /* accepted PRE-PREPARE (its view is pp_view) */
     uint64_t pp_view;
-    pbft_msg **prepares; /* [n] by sender, for pp_view */
-    pbft_msg **commits;  /* [n] by sender, for pp_view */
-    uint64_t *helped_at; /* [n] when we last answered that replica's retransmission */
+    pbft_msg **prepares;   /* [n] by sender, for pp_view */
+    pbft_msg **commits;    /* [n] by sender, for pp_view */
+    uint64_t *helped_at;   /* [n] when we last answered that replica's retransmission */
+    uint64_t committed_at; /* ms */
     bool prepared, committed, executed;
     bool own_commit_sent;
     /* The prepared certificate from the highest view in which this seq
@@ -97,7 +98,8 @@ struct pbft_replica {
 
     pbft_digest_stats digests;
     uint64_t rejected;
-    bool restored; /* set by pbft_restore until the first step */
+    bool restored;             /* set by pbft_restore until the first step */
+    uint64_t last_proposal_at; /* ms, primary */
 };
 
 /* ------------------------------------------------------------ output */
@@ -240,7 +242,7 @@ int pbft_config_check(pbft_config *c, char *err, size_t errlen)
     if (!c->max_clients)
         c->max_clients = 4096;
     if (!c->max_result_bytes)
-        c->max_result_bytes = 64 * 1024;
+        c->max_result_bytes = PBFT_DEFAULT_MAX_RESULT;
     if (!c->request_timeout_ms)
         c->request_timeout_ms = 2000;
     if (!c->view_change_timeout_ms)
@@ -306,6 +308,16 @@ static slot *slot_for(pbft_replica *r, uint64_t seq)
         s->seq = seq;
     }
     return s;
+}
+
+/* Does the batch carry this request (same client and timestamp)? */
+static bool pp_carries(const pbft_msg *pp, const pbft_msg *req)
+{
+    for (size_t i = 0; i < pp->nreqs; i++)
+        if (pp->reqs[i]->u.request->client == req->u.request->client &&
+            pp->reqs[i]->u.request->timestamp == req->u.request->timestamp)
+            return true;
+    return false;
 }
 
 static const uint8_t *pp_digest(const pbft_msg *pp)
@@ -503,6 +515,9 @@ static void take_checkpoint(pbft_replica *r, uint64_t seq, const uint8_t app_dig
         pbft_msg_unref(c->msgs[r->cfg.id]);
         c->msgs[r->cfg.id] = pbft_msg_ref(m);
     }
+    /* Durable first: after a crash we must still be able to help this
+     * checkpoint become stable (others may be waiting for our vote). */
+    persist_msg(r, m);
     broadcast(r, m);
     if (c)
         try_stabilize(r, c);
@@ -713,6 +728,7 @@ static void commit_if_ready(pbft_replica *r, slot *s)
     if (k < r->quorum)
         return;
     s->committed = true; /* committed-local (section 4.2) */
+    s->committed_at = r->now;
     if (s->seq > r->last_committed)
         r->last_committed = s->seq;
     try_execute(r);
@@ -866,6 +882,14 @@ static void help_laggard(pbft_replica *r, slot *s, uint32_t to)
         send_to(r, to, s->commits[r->cfg.id]);
 }
 
+/* A first vote arriving a retransmit period after we committed the slot
+ * comes from a replica that is catching up, not from the normal tail of the
+ * quorum (those arrive within milliseconds). */
+static bool late_vote(const pbft_replica *r, const slot *s)
+{
+    return s->committed && r->now >= s->committed_at + r->cfg.retransmit_ms;
+}
+
 static void on_prepare(pbft_replica *r, pbft_msg *m)
 {
     const Fedbft__Prepare *p = m->u.prepare;
@@ -878,9 +902,12 @@ static void on_prepare(pbft_replica *r, pbft_msg *m)
         r->rejected++;
         return;
     }
-    if (s->prepares[m->sender]) {
+    if (s->prepares[m->sender] || late_vote(r, s)) {
+        /* a re-sent vote, or a first vote long after we finished the slot:
+         * the sender is behind on it */
         help_laggard(r, s, m->sender);
-        return;
+        if (s->prepares[m->sender])
+            return;
     }
     s->prepares[m->sender] = pbft_msg_ref(m);
     prepare_if_ready(r, s);
@@ -898,9 +925,10 @@ static void on_commit(pbft_replica *r, pbft_msg *m)
         r->rejected++;
         return;
     }
-    if (s->commits[m->sender]) {
+    if (s->commits[m->sender] || late_vote(r, s)) {
         help_laggard(r, s, m->sender);
-        return;
+        if (s->commits[m->sender])
+            return;
     }
     s->commits[m->sender] = pbft_msg_ref(m);
     commit_if_ready(r, s);
@@ -953,6 +981,7 @@ static void try_propose(pbft_replica *r)
         slot *s = slot_for(r, r->next_seq);
         r->next_seq++;
         install_pre_prepare(r, s, m, r->view); /* persists before the broadcast below */
+        r->last_proposal_at = r->now;
         broadcast(r, m);
         pbft_msg_unref(m);
         r->batch_at = NO_DEADLINE;
@@ -1076,6 +1105,18 @@ static void arm_view_change_timer(pbft_replica *r)
 
 static void try_new_view(pbft_replica *r);
 
+/* Persist where we stand and our VIEW-CHANGE for it, then send it. */
+static void vote_for_view(pbft_replica *r)
+{
+    pbft_msg *m = build_view_change(r);
+    persist_view(r);
+    persist_msg(r, m);
+    pbft_msg_unref(r->vcs[r->cfg.id]);
+    r->vcs[r->cfg.id] = pbft_msg_ref(m);
+    broadcast(r, m);
+    pbft_msg_unref(m);
+}
+
 /* Move to view v and vote for it (section 4.4).  Votes of the old view are
  * dropped; prepared certificates and committed slots stay. */
 static void start_view_change(pbft_replica *r, uint64_t v)
@@ -1090,13 +1131,7 @@ static void start_view_change(pbft_replica *r, uint64_t v)
         release_votes(r, s);
         s->prepared = false;
     }
-    pbft_msg *m = build_view_change(r);
-    persist_view(r);
-    persist_msg(r, m);
-    pbft_msg_unref(r->vcs[r->cfg.id]);
-    r->vcs[r->cfg.id] = pbft_msg_ref(m);
-    broadcast(r, m);
-    pbft_msg_unref(m);
+    vote_for_view(r);
     r->vc_at = NO_DEADLINE;
     arm_view_change_timer(r);
     r->request_at = NO_DEADLINE;
@@ -1204,7 +1239,8 @@ static void install_new_view(pbft_replica *r, pbft_msg *nv, pbft_new_view_info *
         if (!c->pending)
             continue;
         slot *s = c->proposed_seq ? slot_at(r, c->proposed_seq) : NULL;
-        if (!s || s->seq != c->proposed_seq || !s->pp || s->pp_view != r->view) {
+        if (!s || s->seq != c->proposed_seq || !s->pp || s->pp_view != r->view ||
+            !pp_carries(s->pp, c->pending)) {
             c->proposed_seq = 0;
             pbft_clients_enqueue(&r->clients, c);
             /* The new primary may never have seen it (section 4.4: backups
@@ -1305,10 +1341,21 @@ static void retransmit(pbft_replica *r)
             broadcast(r, r->vcs[r->cfg.id]);
         return;
     }
-    for (uint64_t q = r->last_executed + 1; q <= high_mark(r); q++) {
+    /* While busy, new traffic shows a lagging replica it is behind and the
+     * next checkpoint brings it along; once the primary has been idle for a
+     * retransmit period, it also re-sends what is committed above the stable
+     * checkpoint, so a replica that missed the last batches before the
+     * cluster went quiet can finish them (answered by help_laggard). */
+    bool idle = is_primary(r) && r->now >= r->last_proposal_at + r->cfg.retransmit_ms;
+    for (uint64_t q = idle ? r->h + 1 : r->last_executed + 1; q <= high_mark(r); q++) {
         slot *s = slot_at(r, q);
-        if (s->seq != q || !s->pp || s->committed)
+        if (s->seq != q || !s->pp)
             continue;
+        if (s->committed) {
+            if (idle && s->pp_view == r->view)
+                broadcast(r, s->pp);
+            continue;
+        }
         if (primary_of(r, s->pp_view) == r->cfg.id)
             broadcast(r, s->pp);
         else if (s->prepares[r->cfg.id])
@@ -1519,9 +1566,14 @@ const pbft_action *pbft_step(pbft_replica *r, const pbft_event *ev, size_t *nact
         r->now = ev->now_ms;
     if (r->restored) {
         /* Back from a crash: re-send our part of unfinished work now (our
-         * VIEW-CHANGE included) and wait for NEW-VIEW from this moment. */
+         * VIEW-CHANGE included) and wait for NEW-VIEW from this moment.  If
+         * the crash came between recording the view and our vote for it, the
+         * vote is made again (it is ours to make; nothing else was sent). */
         r->restored = false;
         r->retransmit_at = r->now;
+        pbft_msg *own = r->vcs[r->cfg.id];
+        if (r->view_changing && (!own || own->u.view_change->new_view != r->view))
+            vote_for_view(r);
         arm_view_change_timer(r);
     } else if (r->retransmit_at == 0) {
         r->retransmit_at = r->now + r->cfg.retransmit_ms;
@@ -1585,6 +1637,10 @@ static void restore_msg(pbft_replica *r, pbft_msg *m)
         ckpt *c = in_window(r, seq) ? ckpt_for(r, seq, true) : NULL;
         if (c && !c->msgs[m->sender]) {
             c->msgs[m->sender] = pbft_msg_ref(m);
+            if (m->sender == r->cfg.id) {
+                c->own = true;
+                memcpy(c->own_digest, m->u.checkpoint->state_digest.data, FB_DIGEST_LEN);
+            }
         } else if (!c && seq > high_mark(r)) {
             pbft_msg *old = r->far_ckpt[m->sender];
             if (!old || old->u.checkpoint->seq < seq) {
@@ -1678,31 +1734,41 @@ int pbft_restore(pbft_replica *r, const pbft_record *recs, size_t nrecs, uint64_
         pbft_clients_import(&r->clients, client_table, client_table_len, r->cfg.max_result_bytes);
     if (rc)
         return rc;
+    /* Pass 1: the stable checkpoint first.  A store that garbage-collected
+     * keeps records above the checkpoint that were logged before its STABLE
+     * record; replayed in plain order they would fall outside the window. */
     for (size_t i = 0; i < nrecs; i++) {
         const pbft_record *rec = &recs[i];
-        switch (rec->kind) {
-        case PBFT_REC_VIEW:
+        if (rec->kind == PBFT_REC_MSG && rec->msg &&
+            rec->msg->type == FEDBFT__MSG_TYPE__MSG_CHECKPOINT)
+            restore_msg(r, rec->msg);
+        if (rec->kind != PBFT_REC_STABLE || rec->seq <= r->h)
+            continue;
+        pbft_msg *proof[r->n];
+        uint32_t k = stable_proof_from_log(r, rec->seq, proof);
+        if (k < r->quorum)
+            return FB_ECORRUPT; /* a stable record always follows its proof */
+        uint8_t d[FB_DIGEST_LEN];
+        memcpy(d, proof[0]->u.checkpoint->state_digest.data, FB_DIGEST_LEN);
+        set_stable_proof(r, rec->seq, d, proof, k);
+        garbage_collect(r);
+    }
+    /* Pass 2: everything else, in the order it was persisted. */
+    for (size_t i = 0; i < nrecs; i++) {
+        const pbft_record *rec = &recs[i];
+        if (rec->kind == PBFT_REC_VIEW) {
             r->view = rec->view;
             r->view_changing = rec->view_changing;
-            break;
-        case PBFT_REC_MSG:
-            if (rec->msg)
-                restore_msg(r, rec->msg);
-            break;
-        case PBFT_REC_STABLE: {
-            if (rec->seq <= r->h)
-                break;
-            pbft_msg *proof[r->n];
-            uint32_t k = stable_proof_from_log(r, rec->seq, proof);
-            if (k < r->quorum)
-                return FB_ECORRUPT; /* a stable record always follows its proof */
-            uint8_t d[FB_DIGEST_LEN];
-            memcpy(d, proof[0]->u.checkpoint->state_digest.data, FB_DIGEST_LEN);
-            set_stable_proof(r, rec->seq, d, proof, k);
-            garbage_collect(r);
-            break;
+        } else if (rec->kind == PBFT_REC_MSG && rec->msg &&
+                   rec->msg->type != FEDBFT__MSG_TYPE__MSG_CHECKPOINT) {
+            restore_msg(r, rec->msg);
         }
-        }
+    }
+    /* Checkpoints logged before a later STABLE were collected with it. */
+    for (uint32_t i = 0; i < r->nckpts; i++) {
+        ckpt *c = &r->ckpts[i];
+        if (c->seq && !in_window(r, c->seq))
+            ckpt_release(r, c);
     }
     r->last_executed = last_executed;
     r->last_committed = last_executed > r->h ? last_executed : r->h;

@@ -53,6 +53,10 @@ uint32_t pbft_primary(uint64_t view, uint32_t n); /* view mod n */
 
 /* ------------------------------------------------------------ config */
 
+/* The largest result a request can produce: a 1 MiB value plus the Result
+ * envelope around it. */
+#define PBFT_DEFAULT_MAX_RESULT (1024 * 1024 + 1024)
+
 typedef struct pbft_config {
     uint32_t n;                       /* replicas, >= 4 */
     uint32_t id;                      /* this replica, < n */
@@ -127,8 +131,10 @@ typedef enum pbft_action_kind {
 typedef enum pbft_record_kind {
     PBFT_REC_VIEW = 1, /* view, view_changing: where the replica stands */
     PBFT_REC_MSG,      /* msg: a signed message the replica logged (its own or a peer's) */
-    PBFT_REC_STABLE,   /* seq: checkpoint seq is stable; records for seq <= it may go,
-                          except this one and the messages of its proof logged after it */
+    PBFT_REC_STABLE,   /* seq: checkpoint seq is stable (the quorum of CHECKPOINTs that
+                          proves it is logged just before this record).  Records about
+                          seqs <= it may go, except this record and the CHECKPOINTs for
+                          seq itself; pbft_restore also accepts a log collected so */
 } pbft_record_kind;
 
 typedef struct pbft_record {

@@ -18,6 +18,11 @@ static const cli_command commands[] = {
     {"keygen", "make an Ed25519 identity (secret key file mode 0600)", cmd_keygen,
      cmd_keygen_usage},
     {"keyinfo", "check a key file and print its public key", cmd_keyinfo, cmd_keyinfo_usage},
+    {"cluster", "run a local test cluster: init, up, down, status, kill, restart", cmd_cluster,
+     cmd_cluster_usage},
+    {"run", "run a node in the foreground (fedbft run --config node.json)", cmd_run, cmd_run_usage},
+    {"client", "put/get/del/cas against a cluster, or a write load", cmd_client, cmd_client_usage},
+    {"inspect", "show what a stopped node's store holds", cmd_inspect, cmd_inspect_usage},
     {"version", "print the version", cmd_version, cmd_version_usage},
     {"help", "show help for a command", cmd_help, cmd_help_usage},
 };

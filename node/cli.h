@@ -19,6 +19,14 @@ int cli_main(int argc, char **argv);
 /* Commands (one file each). */
 int cmd_keygen(int argc, char **argv);
 void cmd_keygen_usage(FILE *out);
+int cmd_cluster(int argc, char **argv);
+void cmd_cluster_usage(FILE *out);
+int cmd_client(int argc, char **argv);
+void cmd_client_usage(FILE *out);
+int cmd_inspect(int argc, char **argv);
+void cmd_inspect_usage(FILE *out);
+int cmd_run(int argc, char **argv);
+void cmd_run_usage(FILE *out);
 int cmd_keyinfo(int argc, char **argv);
 void cmd_keyinfo_usage(FILE *out);
 

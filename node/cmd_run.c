@@ -1,0 +1,126 @@
+/* cmd_run.c - `fedbft run`: the node daemon in the foreground. */
+#include "cli.h"
+
+#include "config.h"
+#include "fb_error.h"
+#include "log.h"
+#include "node.h"
+#include "store.h"
+
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+void cmd_run_usage(FILE *out)
+{
+    fprintf(out, "Usage: fedbft run --config FILE [--resync]\n\n"
+                 "Run a fedbft node in the foreground until SIGINT or SIGTERM.\n\n"
+                 "FILE is the node's node.json (see docs/DESIGN.md, or make a local cluster's\n"
+                 "with 'fedbft cluster init').  On a signal the node stops networking, lets the\n"
+                 "store commit what was submitted, and exits 0.  Logs go to stderr.\n\n"
+                 "Options:\n"
+                 "  --config FILE  the node's configuration (required)\n"
+                 "  --resync       delete this node's local state and rebuild it from its peers\n"
+                 "                 by state transfer (after the node refused to start because\n"
+                 "                 its store is damaged)\n"
+                 "  --help         show this help\n");
+}
+
+typedef struct run_ctx {
+    uv_loop_t loop;
+    uv_signal_t sigint, sigterm;
+    fb_node *node;
+    int signals_closed;
+} run_ctx;
+
+static void on_stopped(void *arg)
+{
+    run_ctx *c = arg;
+    uv_close((uv_handle_t *)&c->sigint, NULL);
+    uv_close((uv_handle_t *)&c->sigterm, NULL);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    run_ctx *c = h->data;
+    if (c->signals_closed++)
+        return;
+    LOG_INFO("signal %d: shutting down", signum);
+    fb_node_stop(c->node, on_stopped, c);
+}
+
+int cmd_run(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"resync", no_argument, NULL, 'r'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *path = NULL;
+    int resync = 0, ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "c:r", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c':
+            path = optarg;
+            break;
+        case 'r':
+            resync = 1;
+            break;
+        default:
+            cmd_run_usage(stderr);
+            return 2;
+        }
+    }
+    if (!path || optind != argc) {
+        fprintf(stderr, "fedbft run: %s\n\n",
+                path ? "unexpected argument" : "--config FILE is required");
+        cmd_run_usage(stderr);
+        return 2;
+    }
+    char err[1024] = "";
+    cfg_node cfg;
+    if (cfg_node_load(path, &cfg, err, sizeof err) != 0) {
+        fprintf(stderr, "fedbft run: %s\n", err);
+        return 1;
+    }
+    int level = fb_log_parse_level(cfg.log_level);
+    fb_log_set_level(level < 0 ? FB_LOG_INFO : (fb_log_level)level);
+    char tag[32];
+    snprintf(tag, sizeof tag, "node %u", cfg.id);
+    fb_log_set_tag(tag);
+    signal(SIGPIPE, SIG_IGN);
+    if (resync) {
+        if (store_wipe(cfg.data_dir, err, sizeof err) != 0) {
+            LOG_ERROR("resync: %s", err);
+            return 1;
+        }
+        LOG_WARN("resync: local state deleted; rebuilding from peers");
+    }
+
+    run_ctx c;
+    memset(&c, 0, sizeof c);
+    uv_loop_init(&c.loop);
+    if (fb_node_new(&c.loop, &cfg, &c.node, err, sizeof err) != 0 ||
+        fb_node_start(c.node, err, sizeof err) != 0) {
+        LOG_ERROR("%s", err);
+        if (c.node) {
+            fb_node_stop(c.node, NULL, NULL);
+            uv_run(&c.loop, UV_RUN_DEFAULT);
+            fb_node_free(c.node);
+        }
+        uv_loop_close(&c.loop);
+        return 1;
+    }
+    uv_signal_init(&c.loop, &c.sigint);
+    uv_signal_init(&c.loop, &c.sigterm);
+    c.sigint.data = c.sigterm.data = &c;
+    uv_signal_start(&c.sigint, on_signal, SIGINT);
+    uv_signal_start(&c.sigterm, on_signal, SIGTERM);
+    uv_run(&c.loop, UV_RUN_DEFAULT);
+    fb_node_free(c.node); /* closes the store: everything submitted is committed */
+    uv_loop_close(&c.loop);
+    LOG_INFO("stopped");
+    return 0;
+}

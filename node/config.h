@@ -1,0 +1,105 @@
+/* config.h - cluster.json (the federation) and node.json (one node), parsed
+ * and validated with jansson.  Every error names the file, the field and the
+ * fix, e.g. "cluster.json: replicas[2].public_key: not 64 hex digits (copy
+ * the line printed by 'fedbft keygen')".
+ *
+ * cluster.json:
+ *   { "replicas": [ { "id": 0, "host": "127.0.0.1", "port": 7000,
+ *                     "client_port": 7100, "public_key": "<64 hex>" }, ... ],
+ *     "clients":  [ { "id": 1000, "name": "alice", "public_key": "<64 hex>" }, ... ] }
+ *   ids 0..n-1, each once, n >= 4; f is derived (floor((n-1)/3)).  Client ids
+ *   are distinct from each other (any uint32).  Unknown fields are errors (a
+ *   typo must not be silently ignored).
+ *
+ * node.json:
+ *   { "id": 0, "cluster": "cluster.json", "key": "node0/node.key",
+ *     "data_dir": "node0/data",
+ *     "listen": "127.0.0.1",            optional: bind address (default: host from cluster.json)
+ *     "batch_max_requests": 64, "batch_max_bytes": 262144, "batch_max_delay_ms": 2,
+ *     "checkpoint_interval": 16, "log_window": 64,
+ *     "request_timeout_ms": 2000, "view_change_timeout_ms": 2000,
+ *     "worker_threads": 0,              0 = one per core
+ *     "durability": "fsync" | "os",
+ *     "max_frame": 4194304, "send_queue_bytes": 16777216,
+ *     "log_level": "info" }
+ *   Relative paths are relative to the directory of node.json.  All knobs but
+ *   id, cluster, key and data_dir are optional with the defaults shown.
+ *
+ * Thread-safety: reentrant; results are plain data owned by the caller.
+ */
+#ifndef FB_CONFIG_H
+#define FB_CONFIG_H
+
+#include "keys.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CFG_PATH_MAX 1024
+#define CFG_HOST_MAX 256
+
+typedef struct cfg_replica {
+    uint32_t id;
+    char host[CFG_HOST_MAX];
+    uint16_t port;        /* replica-to-replica links */
+    uint16_t client_port; /* client links */
+    uint8_t pk[FB_PK_LEN];
+} cfg_replica;
+
+typedef struct cfg_client {
+    uint32_t id;
+    char name[64];
+    uint8_t pk[FB_PK_LEN];
+} cfg_client;
+
+typedef struct cfg_cluster {
+    uint32_t n, f;
+    cfg_replica *replicas; /* [n], index = id */
+    cfg_client *clients;
+    uint32_t nclients;
+} cfg_cluster;
+
+typedef enum cfg_durability { CFG_DURABILITY_FSYNC = 1, CFG_DURABILITY_OS = 2 } cfg_durability;
+
+typedef struct cfg_node {
+    uint32_t id;
+    char path[CFG_PATH_MAX];         /* the node.json this came from */
+    char cluster_path[CFG_PATH_MAX]; /* resolved */
+    char key_path[CFG_PATH_MAX];     /* resolved */
+    char data_dir[CFG_PATH_MAX];     /* resolved */
+    char listen[CFG_HOST_MAX];       /* "" = the host from cluster.json */
+    uint32_t batch_max_requests, batch_max_bytes;
+    uint64_t batch_max_delay_ms;
+    uint32_t checkpoint_interval, log_window;
+    uint64_t request_timeout_ms, view_change_timeout_ms;
+    uint32_t worker_threads;
+    cfg_durability durability;
+    uint32_t max_frame;
+    uint64_t send_queue_bytes;
+    char log_level[16]; /* "error" | "warn" | "info" | "debug" */
+} cfg_node;
+
+/* Parse and validate.  On error returns FB_EINVAL (or FB_ENOENT/FB_EIO for the
+ * file itself) with the message in err; *out is untouched. */
+int cfg_cluster_load(const char *path, cfg_cluster *out, char *err, size_t errlen);
+void cfg_cluster_free(cfg_cluster *c);
+
+int cfg_node_load(const char *path, cfg_node *out, char *err, size_t errlen);
+
+/* Cross-checks: node id exists in the cluster, and the key file's public key
+ * is the one cluster.json lists for that id. */
+int cfg_check_node_in_cluster(const cfg_node *node, const cfg_cluster *cluster,
+                              const uint8_t node_pk[FB_PK_LEN], char *err, size_t errlen);
+
+/* The client entry for id, or NULL. */
+const cfg_client *cfg_find_client(const cfg_cluster *c, uint32_t id);
+
+/* Write cluster.json / node.json (used by `fedbft cluster init`). */
+int cfg_cluster_write(const char *path, const cfg_cluster *c, char *err, size_t errlen);
+int cfg_node_write(const char *path, const cfg_node *n, char *err, size_t errlen);
+
+/* Defaults for every optional knob (id, paths left empty). */
+void cfg_node_defaults(cfg_node *n);
+
+#endif

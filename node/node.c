@@ -1,0 +1,1012 @@
+/* node.c - the daemon: replica + transport + store + verification pipeline.
+ * See node.h for the flow of messages and actions. */
+#include "node.h"
+
+#include "batchver.h"
+#include "envelope.h"
+#include "fb_error.h"
+#include "log.h"
+#include "net.h"
+#include "node_state.h"
+#include "sig.h"
+#include "sigcache.h"
+#include "store.h"
+
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_TURN_MSGS 4096  /* messages in one verification job; more start a new job */
+#define MAX_TURN_SIGS 65536 /* signatures in one job */
+#define MAX_MSG_SIGS 1024   /* signatures one message may carry (NEW-VIEW proofs) */
+#define CKPT_SNAPSHOTS 3    /* client tables kept for serving state transfer */
+
+/* ------------------------------------------------------------ types */
+
+typedef enum in_kind { IN_CONSENSUS = 1, IN_CLIENT_REQUEST, IN_STATE } in_kind;
+
+/* A message waiting for its signatures to be verified. */
+typedef struct in_msg {
+    in_kind kind;
+    pbft_msg *msg;         /* IN_CONSENSUS, IN_CLIENT_REQUEST */
+    Fedbft__Envelope *env; /* IN_STATE */
+    uint32_t from;         /* replica id, or client connection */
+    uint32_t sig0, nsigs;  /* its range in the job's items */
+} in_msg;
+
+/* One verification job: everything that arrived in one loop turn. */
+typedef struct vjob {
+    fb_node *node;
+    in_msg *msgs;
+    uint32_t nmsgs, msgs_cap;
+    pbft_sigref *sigs;
+    fb_verify_item *items;
+    uint32_t nsigs, sigs_cap;
+} vjob;
+
+/* Something to do once a store batch is durable. */
+typedef enum out_kind { OUT_REPLICA = 1, OUT_ALL, OUT_CLIENT, OUT_FETCH } out_kind;
+
+typedef struct out_item {
+    out_kind kind;
+    uint32_t to;    /* replica id or client id */
+    pbft_msg *msg;  /* OUT_REPLICA / OUT_ALL */
+    uint8_t *bytes; /* OUT_CLIENT: a sealed REPLY */
+    size_t len;
+    uint64_t seq; /* OUT_FETCH */
+    uint8_t digest[FB_DIGEST_LEN];
+} out_item;
+
+/* A store batch and the actions that wait for it. */
+typedef struct sbatch {
+    fb_node *node;
+    store_batch *b;
+    out_item *outs;
+    size_t nouts, outs_cap;
+    bool has_exec, exec_read;
+    uint64_t exec_seq;
+    pbft_msg *read_req; /* read-only request being executed */
+    struct sbatch *next;
+} sbatch;
+
+typedef struct ckpt_snapshot {
+    uint64_t seq;
+    uint8_t app_digest[FB_DIGEST_LEN];
+    uint8_t *client_table;
+    size_t client_table_len;
+} ckpt_snapshot;
+
+struct fb_node {
+    uv_loop_t *loop;
+    cfg_node cfg;
+    cfg_cluster cluster;
+    fb_identity id;
+    pbft_replica *replica;
+    net *net;
+    store *store;
+    fb_sigcache *sigcache;
+    fb_batchver *bv;
+    node_state *state; /* state transfer */
+
+    uv_async_t bv_async, store_async;
+    uv_timer_t pbft_timer;
+    uv_check_t turn_end;
+    bool stopping;
+    int handles_open;
+    void (*stop_cb)(void *);
+    void *stop_arg;
+
+    vjob *job; /* filling this turn */
+
+    sbatch *open; /* filling this turn */
+    sbatch *inflight_head, *inflight_tail;
+
+    uint32_t *client_conn; /* client index -> connection id + 1 (0 = none) */
+    ckpt_snapshot snaps[CKPT_SNAPSHOTS];
+
+    uint64_t dropped_cheap, dropped_sig, dropped_parse;
+};
+
+/* ------------------------------------------------------------ helpers */
+
+static uint64_t now_ms(const fb_node *n)
+{
+    return uv_now(n->loop);
+}
+
+static const uint8_t *replica_pk(const fb_node *n, uint32_t id)
+{
+    return id < n->cluster.n ? n->cluster.replicas[id].pk : NULL;
+}
+
+static int client_index(const fb_node *n, uint32_t client_id)
+{
+    for (uint32_t i = 0; i < n->cluster.nclients; i++)
+        if (n->cluster.clients[i].id == client_id)
+            return (int)i;
+    return -1;
+}
+
+static const uint8_t *client_pk(const fb_node *n, uint32_t client_id)
+{
+    int i = client_index(n, client_id);
+    return i < 0 ? NULL : n->cluster.clients[i].pk;
+}
+
+static void sign_cb(void *arg, const uint8_t digest[FB_DIGEST_LEN], uint8_t sig[FB_SIG_LEN])
+{
+    fb_sig_sign(arg, digest, sig);
+}
+
+static void step(fb_node *n, const pbft_event *ev);
+
+/* ------------------------------------------------------------ output pipeline */
+
+static sbatch *open_batch(fb_node *n)
+{
+    if (!n->open) {
+        sbatch *sb = calloc(1, sizeof *sb);
+        if (!sb || !(sb->b = store_batch_new()))
+            abort();
+        sb->node = n;
+        n->open = sb;
+    }
+    return n->open;
+}
+
+static void sbatch_free(sbatch *sb)
+{
+    for (size_t i = 0; i < sb->nouts; i++) {
+        pbft_msg_unref(sb->outs[i].msg);
+        free(sb->outs[i].bytes);
+    }
+    free(sb->outs);
+    pbft_msg_unref(sb->read_req);
+    if (sb->b)
+        store_batch_free(sb->b);
+    free(sb);
+}
+
+static void perform(fb_node *n, out_item *o)
+{
+    switch (o->kind) {
+    case OUT_REPLICA:
+        net_send_replica(n->net, o->to, o->msg->raw, o->msg->raw_len);
+        break;
+    case OUT_ALL:
+        for (uint32_t i = 0; i < n->cluster.n; i++)
+            if (i != n->cfg.id)
+                net_send_replica(n->net, i, o->msg->raw, o->msg->raw_len);
+        break;
+    case OUT_CLIENT: {
+        int ci = client_index(n, o->to);
+        if (ci >= 0 && n->client_conn[ci])
+            net_send_client(n->net, n->client_conn[ci] - 1, o->bytes, o->len);
+        break;
+    }
+    case OUT_FETCH:
+        node_state_fetch(n->state, o->seq, o->digest);
+        break;
+    }
+}
+
+/* Carry out now, or after the pending store work if any is pending (a send
+ * may depend on a persist; keeping everything in order is the simple rule). */
+static void emit(fb_node *n, out_item o)
+{
+    sbatch *sb = n->open ? n->open : n->inflight_tail;
+    if (!sb) {
+        perform(n, &o);
+        pbft_msg_unref(o.msg);
+        free(o.bytes);
+        return;
+    }
+    if (sb->nouts == sb->outs_cap) {
+        size_t cap = sb->outs_cap ? sb->outs_cap * 2 : 16;
+        out_item *p = realloc(sb->outs, cap * sizeof *p);
+        if (!p)
+            abort();
+        sb->outs = p;
+        sb->outs_cap = cap;
+    }
+    sb->outs[sb->nouts++] = o;
+}
+
+/* The view and seq a logged message is about (for store GC). */
+static void msg_view_seq(const pbft_msg *m, uint64_t *view, uint64_t *seq)
+{
+    *view = *seq = 0;
+    switch (m->type) {
+    case FEDBFT__MSG_TYPE__MSG_PRE_PREPARE:
+        *view = m->u.pre_prepare->view;
+        *seq = m->u.pre_prepare->seq;
+        break;
+    case FEDBFT__MSG_TYPE__MSG_PREPARE:
+        *view = m->u.prepare->view;
+        *seq = m->u.prepare->seq;
+        break;
+    case FEDBFT__MSG_TYPE__MSG_COMMIT:
+        *view = m->u.commit->view;
+        *seq = m->u.commit->seq;
+        break;
+    case FEDBFT__MSG_TYPE__MSG_CHECKPOINT:
+        *seq = m->u.checkpoint->seq;
+        break;
+    case FEDBFT__MSG_TYPE__MSG_VIEW_CHANGE:
+        *view = m->u.view_change->new_view;
+        break;
+    case FEDBFT__MSG_TYPE__MSG_NEW_VIEW:
+        *view = m->u.new_view->view;
+        break;
+    default:
+        break;
+    }
+}
+
+static void do_persist(fb_node *n, const pbft_record *rec)
+{
+    sbatch *sb = open_batch(n);
+    int rc = 0;
+    if (rec->kind == PBFT_REC_MSG) {
+        uint64_t view, seq;
+        msg_view_seq(rec->msg, &view, &seq);
+        rc = store_batch_record(sb->b, rec->kind, rec->msg->type, view, false, seq, rec->msg->raw,
+                                rec->msg->raw_len);
+    } else if (rec->kind == PBFT_REC_STABLE) {
+        rc = store_batch_record(sb->b, rec->kind, 0, 0, false, rec->seq, NULL, 0);
+        if (rc == 0)
+            rc = store_batch_stable(sb->b, rec->seq);
+    } else {
+        rc = store_batch_record(sb->b, rec->kind, 0, rec->view, rec->view_changing, 0, NULL, 0);
+    }
+    if (rc)
+        abort(); /* out of memory building a batch */
+}
+
+static void do_execute(fb_node *n, const pbft_action *a)
+{
+    /* A batch carries at most one execution; the replica issues the next only
+     * after this one completes, so the open batch is free for it. */
+    sbatch *sb = open_batch(n);
+    if (a->execute.seq == 0) {
+        pbft_msg *req = a->execute.reqs[0];
+        if (store_batch_read(sb->b, req->raw, req->raw_len) != 0)
+            abort();
+        sb->exec_read = true;
+        sb->read_req = pbft_msg_ref(req);
+    } else {
+        const uint8_t *reqs[a->execute.nreqs + 1];
+        size_t lens[a->execute.nreqs + 1];
+        for (size_t i = 0; i < a->execute.nreqs; i++) {
+            reqs[i] = a->execute.reqs[i]->raw;
+            lens[i] = a->execute.reqs[i]->raw_len;
+        }
+        if (store_batch_execute(sb->b, a->execute.seq, reqs, lens, a->execute.nreqs) != 0)
+            abort();
+        sb->exec_seq = a->execute.seq;
+    }
+    sb->has_exec = true;
+}
+
+/* Seal a REPLY for the client (the result bytes are a packed Result). */
+static void do_reply(fb_node *n, const pbft_action *a)
+{
+    Fedbft__Result *res = fedbft__result__unpack(NULL, a->reply.result.len, a->reply.result.data);
+    Fedbft__Reply rp = FEDBFT__REPLY__INIT;
+    rp.view = a->reply.view;
+    rp.timestamp = a->reply.timestamp;
+    rp.client = a->reply.client;
+    rp.replica = n->cfg.id;
+    rp.result = res;
+    rp.seq = a->reply.seq;
+    size_t plen = fedbft__reply__get_packed_size(&rp);
+    uint8_t *payload = malloc(plen ? plen : 1);
+    if (!payload)
+        abort();
+    fedbft__reply__pack(&rp, payload);
+    if (res)
+        fedbft__result__free_unpacked(res, NULL);
+    out_item o = {.kind = OUT_CLIENT, .to = a->reply.client};
+    if (fb_env_seal(FEDBFT__MSG_TYPE__MSG_REPLY, n->cfg.id, payload, plen, &n->id, &o.bytes,
+                    &o.len) != 0)
+        abort();
+    free(payload);
+    emit(n, o);
+}
+
+static void set_timer(fb_node *n, uint64_t at);
+
+static void carry_out(fb_node *n, const pbft_action *acts, size_t nacts)
+{
+    for (size_t i = 0; i < nacts; i++) {
+        const pbft_action *a = &acts[i];
+        switch (a->kind) {
+        case PBFT_ACT_SEND:
+            emit(n, (out_item){.kind = OUT_REPLICA, .to = a->to, .msg = pbft_msg_ref(a->msg)});
+            break;
+        case PBFT_ACT_BROADCAST:
+            emit(n, (out_item){.kind = OUT_ALL, .msg = pbft_msg_ref(a->msg)});
+            break;
+        case PBFT_ACT_PERSIST:
+            do_persist(n, &a->record);
+            break;
+        case PBFT_ACT_EXECUTE:
+            do_execute(n, a);
+            break;
+        case PBFT_ACT_REPLY:
+            do_reply(n, a);
+            break;
+        case PBFT_ACT_FETCH_STATE: {
+            out_item o = {.kind = OUT_FETCH, .seq = a->fetch.seq};
+            memcpy(o.digest, a->fetch.digest, FB_DIGEST_LEN);
+            emit(n, o);
+            break;
+        }
+        case PBFT_ACT_TIMER:
+            set_timer(n, a->at_ms);
+            break;
+        }
+    }
+}
+
+static void step(fb_node *n, const pbft_event *ev)
+{
+    size_t nacts = 0;
+    const pbft_action *acts = pbft_step(n->replica, ev, &nacts);
+    carry_out(n, acts, nacts);
+}
+
+/* Keep the client table of a checkpoint, to serve state transfer. */
+static void snapshot_checkpoint(fb_node *n, uint64_t seq, const uint8_t app_digest[FB_DIGEST_LEN])
+{
+    ckpt_snapshot *s = &n->snaps[0];
+    for (int i = 1; i < CKPT_SNAPSHOTS; i++)
+        if (n->snaps[i].seq < s->seq)
+            s = &n->snaps[i];
+    free(s->client_table);
+    s->client_table = NULL;
+    s->seq = seq;
+    memcpy(s->app_digest, app_digest, FB_DIGEST_LEN);
+    if (pbft_client_table_export(n->replica, &s->client_table, &s->client_table_len) != 0)
+        s->seq = 0;
+    char hex[17];
+    sodium_bin2hex(hex, sizeof hex, app_digest, 8);
+    LOG_INFO("checkpoint at seq %llu, state %s", (unsigned long long)seq, hex);
+}
+
+static void on_store_done(void *arg, const store_result *res)
+{
+    sbatch *sb = arg;
+    fb_node *n = sb->node;
+    if (n->inflight_head == sb) {
+        n->inflight_head = sb->next;
+        if (!n->inflight_head)
+            n->inflight_tail = NULL;
+    }
+    if (res->status != 0) {
+        /* The disk refused a write the protocol depends on: continuing could
+         * let us contradict ourselves after a restart. */
+        LOG_ERROR("store: a batch failed (%s); stopping to stay safe", fb_strerror(res->status));
+        abort();
+    }
+    /* What waited for this batch goes first, then what the batch produced. */
+    for (size_t i = 0; i < sb->nouts; i++)
+        perform(n, &sb->outs[i]);
+    if (sb->has_exec && !n->stopping) {
+        pbft_result results[res->nresults + 1];
+        for (size_t i = 0; i < res->nresults; i++)
+            results[i] = (pbft_result){res->results[i], res->result_lens[i]};
+        pbft_event ev = {.kind = PBFT_EV_EXECUTED, .now_ms = now_ms(n)};
+        ev.executed.seq = sb->exec_read ? 0 : sb->exec_seq;
+        ev.executed.read_req = sb->read_req;
+        ev.executed.results = results;
+        ev.executed.nresults = res->nresults;
+        memcpy(ev.executed.app_digest, res->app_digest, FB_DIGEST_LEN);
+        step(n, &ev);
+        if (!sb->exec_read && sb->exec_seq % n->cfg.checkpoint_interval == 0)
+            snapshot_checkpoint(n, sb->exec_seq, res->app_digest);
+    }
+    sbatch_free(sb);
+}
+
+/* End of a loop turn: one store transaction for everything persisted. */
+static void submit_open_batch(fb_node *n)
+{
+    sbatch *sb = n->open;
+    if (!sb)
+        return;
+    n->open = NULL;
+    store_batch *b = sb->b;
+    sb->b = NULL;
+    if (n->inflight_tail)
+        n->inflight_tail->next = sb;
+    else
+        n->inflight_head = sb;
+    n->inflight_tail = sb;
+    if (store_submit(n->store, b, on_store_done, sb) != 0) {
+        LOG_ERROR("store: queue full; stopping to stay safe");
+        abort();
+    }
+}
+
+/* ------------------------------------------------------------ verification pipeline */
+
+static vjob *job_new(fb_node *n)
+{
+    vjob *j = calloc(1, sizeof *j);
+    if (!j)
+        abort();
+    j->node = n;
+    return j;
+}
+
+static void job_free(vjob *j)
+{
+    for (uint32_t i = 0; i < j->nmsgs; i++) {
+        pbft_msg_unref(j->msgs[i].msg);
+        if (j->msgs[i].env)
+            fedbft__envelope__free_unpacked(j->msgs[i].env, NULL);
+    }
+    free(j->msgs);
+    free(j->sigs);
+    free(j->items);
+    free(j);
+}
+
+static void dispatch(fb_node *n, in_msg *m)
+{
+    pbft_event ev = {.now_ms = now_ms(n), .msg = m->msg};
+    switch (m->kind) {
+    case IN_CONSENSUS:
+        ev.kind = PBFT_EV_MESSAGE;
+        step(n, &ev);
+        break;
+    case IN_CLIENT_REQUEST: {
+        int ci = client_index(n, m->msg->sender);
+        if (ci >= 0)
+            n->client_conn[ci] = m->from + 1; /* replies go where the client is */
+        ev.kind = PBFT_EV_REQUEST;
+        step(n, &ev);
+        break;
+    }
+    case IN_STATE:
+        node_state_on_message(n->state, m->from, m->env);
+        break;
+    }
+}
+
+static void on_verified(void *arg, const uint8_t *ok, size_t nitems)
+{
+    vjob *j = arg;
+    fb_node *n = j->node;
+    (void)nitems;
+    for (uint32_t i = 0; i < j->nmsgs && !n->stopping; i++) {
+        in_msg *m = &j->msgs[i];
+        bool good = true;
+        for (uint32_t k = 0; k < m->nsigs; k++)
+            good &= ok[m->sig0 + k] != 0;
+        if (good)
+            dispatch(n, m);
+        else
+            n->dropped_sig++;
+    }
+    job_free(j);
+}
+
+static void flush_job(fb_node *n)
+{
+    vjob *j = n->job;
+    if (!j || j->nmsgs == 0)
+        return;
+    n->job = NULL;
+    for (uint32_t i = 0; i < j->nsigs; i++) {
+        j->items[i].digest = j->sigs[i].digest;
+        j->items[i].sig = j->sigs[i].sig;
+    }
+    if (fb_batchver_submit(n->bv, j->items, j->nsigs, on_verified, j) != 0) {
+        /* Verifier saturated: shed this turn's input; peers retransmit. */
+        n->dropped_sig += j->nmsgs;
+        job_free(j);
+    }
+}
+
+static bool job_reserve(vjob *j, uint32_t nsigs)
+{
+    if (j->nmsgs == j->msgs_cap) {
+        uint32_t cap = j->msgs_cap ? j->msgs_cap * 2 : 64;
+        in_msg *p = realloc(j->msgs, cap * sizeof *p);
+        if (!p)
+            return false;
+        j->msgs = p;
+        j->msgs_cap = cap;
+    }
+    while (j->nsigs + nsigs > j->sigs_cap) {
+        uint32_t cap = j->sigs_cap ? j->sigs_cap * 2 : 256;
+        pbft_sigref *s = realloc(j->sigs, cap * sizeof *s);
+        if (s)
+            j->sigs = s;
+        fb_verify_item *it = realloc(j->items, cap * sizeof *it);
+        if (it)
+            j->items = it;
+        if (!s || !it)
+            return false;
+        j->sigs_cap = cap;
+    }
+    return true;
+}
+
+/* Queue m for verification.  Every signature must name a known identity. */
+static void enqueue_verify(fb_node *n, in_kind kind, pbft_msg *msg, Fedbft__Envelope *env,
+                           uint32_t from, const pbft_sigref *sigs, int nsigs)
+{
+    if (n->job &&
+        (n->job->nmsgs >= MAX_TURN_MSGS || n->job->nsigs + (uint32_t)nsigs > MAX_TURN_SIGS))
+        flush_job(n);
+    if (!n->job)
+        n->job = job_new(n);
+    vjob *j = n->job;
+    if (!job_reserve(j, (uint32_t)nsigs)) {
+        pbft_msg_unref(msg);
+        if (env)
+            fedbft__envelope__free_unpacked(env, NULL);
+        return;
+    }
+    in_msg *m = &j->msgs[j->nmsgs++];
+    *m = (in_msg){.kind = kind,
+                  .msg = msg,
+                  .env = env,
+                  .from = from,
+                  .sig0 = j->nsigs,
+                  .nsigs = (uint32_t)nsigs};
+    for (int i = 0; i < nsigs; i++) {
+        j->sigs[j->nsigs] = sigs[i];
+        j->items[j->nsigs].pk =
+            sigs[i].is_client ? client_pk(n, sigs[i].signer) : replica_pk(n, sigs[i].signer);
+        j->nsigs++;
+    }
+}
+
+/* Cheap checks before any signature is looked at: junk costs almost nothing. */
+static bool worth_verifying(fb_node *n, const pbft_msg *m)
+{
+    pbft_status st;
+    pbft_get_status(n->replica, &st);
+    uint64_t view = 0, seq = 0;
+    msg_view_seq(m, &view, &seq);
+    switch (m->type) {
+    case FEDBFT__MSG_TYPE__MSG_PRE_PREPARE:
+    case FEDBFT__MSG_TYPE__MSG_PREPARE:
+    case FEDBFT__MSG_TYPE__MSG_COMMIT:
+        return view >= st.view && seq > st.stable_seq;
+    case FEDBFT__MSG_TYPE__MSG_CHECKPOINT:
+        return seq > st.stable_seq;
+    case FEDBFT__MSG_TYPE__MSG_VIEW_CHANGE:
+    case FEDBFT__MSG_TYPE__MSG_NEW_VIEW:
+        return view >= st.view;
+    default:
+        return true;
+    }
+}
+
+static void collect(fb_node *n, in_kind kind, pbft_msg *m, uint32_t from)
+{
+    pbft_sigref sigs[MAX_MSG_SIGS];
+    int k = pbft_msg_signatures(m, sigs, MAX_MSG_SIGS);
+    if (k <= 0 || k > MAX_MSG_SIGS) {
+        n->dropped_parse++;
+        pbft_msg_unref(m);
+        return;
+    }
+    for (int i = 0; i < k; i++) {
+        const uint8_t *pk =
+            sigs[i].is_client ? client_pk(n, sigs[i].signer) : replica_pk(n, sigs[i].signer);
+        if (!pk) {
+            n->dropped_cheap++; /* signed by nobody we know */
+            pbft_msg_unref(m);
+            return;
+        }
+    }
+    enqueue_verify(n, kind, m, NULL, from, sigs, k);
+}
+
+static void on_replica_frame(void *arg, uint32_t id, const uint8_t *frame, size_t len)
+{
+    fb_node *n = arg;
+    if (n->stopping)
+        return;
+    Fedbft__Envelope *env = NULL;
+    char err[160];
+    if (fb_env_unpack(frame, len, &env, err, sizeof err) != 0) {
+        n->dropped_parse++;
+        LOG_DEBUG("replica %u: %s", id, err);
+        return;
+    }
+    int type = env->type;
+    if (type == FEDBFT__MSG_TYPE__MSG_STATE_REQUEST ||
+        type == FEDBFT__MSG_TYPE__MSG_STATE_RESPONSE) {
+        if (env->sender != id) {
+            n->dropped_cheap++;
+            fedbft__envelope__free_unpacked(env, NULL);
+            return;
+        }
+        pbft_sigref s = {.is_client = 0, .signer = id};
+        fb_env_digest(env->type, env->version, env->sender, env->payload.data, env->payload.len,
+                      s.digest);
+        memcpy(s.sig, env->signature.data, FB_SIG_LEN);
+        enqueue_verify(n, IN_STATE, NULL, env, id, &s, 1);
+        return;
+    }
+    fedbft__envelope__free_unpacked(env, NULL);
+    pbft_msg *m = NULL;
+    if (pbft_parse(n->replica, frame, len, &m, err, sizeof err) != 0) {
+        n->dropped_parse++;
+        LOG_DEBUG("replica %u: %s", id, err);
+        return;
+    }
+    /* A replica signs what it sends itself; a request it forwards is its client's. */
+    bool sender_ok = m->type == FEDBFT__MSG_TYPE__MSG_REQUEST ? client_pk(n, m->sender) != NULL
+                                                              : m->sender == id;
+    if (!sender_ok || !worth_verifying(n, m)) {
+        n->dropped_cheap++;
+        pbft_msg_unref(m);
+        return;
+    }
+    collect(n, IN_CONSENSUS, m, id);
+}
+
+static void on_client_frame(void *arg, uint32_t conn, const uint8_t pk[FB_PK_LEN],
+                            const uint8_t *frame, size_t len)
+{
+    fb_node *n = arg;
+    if (n->stopping)
+        return;
+    pbft_msg *m = NULL;
+    char err[160];
+    if (pbft_parse(n->replica, frame, len, &m, err, sizeof err) != 0) {
+        n->dropped_parse++;
+        LOG_DEBUG("client conn %u: %s", conn, err);
+        return;
+    }
+    /* A client may only submit requests, signed as itself. */
+    const uint8_t *want = m->type == FEDBFT__MSG_TYPE__MSG_REQUEST ? client_pk(n, m->sender) : NULL;
+    if (!want || memcmp(want, pk, FB_PK_LEN) != 0) {
+        n->dropped_cheap++;
+        pbft_msg_unref(m);
+        return;
+    }
+    collect(n, IN_CLIENT_REQUEST, m, conn);
+}
+
+static void on_client_down(void *arg, uint32_t conn)
+{
+    fb_node *n = arg;
+    for (uint32_t i = 0; i < n->cluster.nclients; i++)
+        if (n->client_conn[i] == conn + 1)
+            n->client_conn[i] = 0;
+}
+
+/* ------------------------------------------------------------ loop plumbing */
+
+static void on_turn_end(uv_check_t *h)
+{
+    fb_node *n = h->data;
+    flush_job(n);
+    submit_open_batch(n);
+}
+
+static void on_bv_async(uv_async_t *h)
+{
+    fb_node *n = h->data;
+    fb_batchver_poll(n->bv);
+}
+
+static void on_store_async(uv_async_t *h)
+{
+    fb_node *n = h->data;
+    store_poll(n->store);
+}
+
+static void bv_wake(void *arg)
+{
+    uv_async_send(arg);
+}
+
+static void store_wake(void *arg)
+{
+    uv_async_send(arg);
+}
+
+static void on_pbft_timer(uv_timer_t *t)
+{
+    fb_node *n = t->data;
+    if (n->stopping)
+        return;
+    pbft_event ev = {.kind = PBFT_EV_TICK, .now_ms = now_ms(n)};
+    step(n, &ev);
+}
+
+static void set_timer(fb_node *n, uint64_t at)
+{
+    uint64_t now = now_ms(n);
+    uv_timer_start(&n->pbft_timer, on_pbft_timer, at > now ? at - now : 0, 0);
+}
+
+/* ------------------------------------------------------------ state transfer glue */
+
+static int send_state_msg(void *arg, uint32_t to, int type, const ProtobufCMessage *payload)
+{
+    fb_node *n = arg;
+    size_t plen = protobuf_c_message_get_packed_size(payload);
+    uint8_t *p = malloc(plen ? plen : 1), *wire = NULL;
+    size_t wlen = 0;
+    if (!p)
+        return FB_ENOMEM;
+    protobuf_c_message_pack(payload, p);
+    int rc = fb_env_seal(type, n->cfg.id, p, plen, &n->id, &wire, &wlen);
+    free(p);
+    if (rc == 0)
+        rc = net_send_replica(n->net, to, wire, wlen);
+    free(wire);
+    return rc;
+}
+
+static int submit_state_batch(void *arg, store_batch *b, store_done_fn done, void *done_arg)
+{
+    fb_node *n = arg;
+    return store_submit(n->store, b, done, done_arg);
+}
+
+static const ckpt_snapshot *find_snapshot(const fb_node *n, uint64_t seq)
+{
+    for (int i = 0; i < CKPT_SNAPSHOTS; i++)
+        if (n->snaps[i].seq == seq && seq != 0)
+            return &n->snaps[i];
+    return NULL;
+}
+
+static bool snapshot_for(void *arg, uint64_t seq, const uint8_t **app_digest,
+                         const uint8_t **client_table, size_t *len)
+{
+    const ckpt_snapshot *s = find_snapshot(arg, seq);
+    if (!s)
+        return false;
+    *app_digest = s->app_digest;
+    *client_table = s->client_table;
+    *len = s->client_table_len;
+    return true;
+}
+
+static void state_installed(void *arg, uint64_t seq, const uint8_t app_digest[FB_DIGEST_LEN],
+                            const uint8_t *client_table, size_t len)
+{
+    fb_node *n = arg;
+    pbft_event ev = {.kind = PBFT_EV_STATE_INSTALLED, .now_ms = now_ms(n)};
+    ev.installed.seq = seq;
+    memcpy(ev.installed.app_digest, app_digest, FB_DIGEST_LEN);
+    ev.installed.client_table = client_table;
+    ev.installed.client_table_len = len;
+    step(n, &ev);
+    snapshot_checkpoint(n, seq, app_digest);
+}
+
+static uint64_t stable_seq(void *arg)
+{
+    pbft_status st;
+    pbft_get_status(((fb_node *)arg)->replica, &st);
+    return st.stable_seq;
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+static int restore_replica(fb_node *n, char *err, size_t errlen)
+{
+    store_loaded ld;
+    int rc = store_load(n->store, &ld, err, errlen);
+    if (rc)
+        return rc;
+    pbft_record *recs = calloc(ld.nrecords ? ld.nrecords : 1, sizeof *recs);
+    if (!recs) {
+        store_loaded_free(&ld);
+        return FB_ENOMEM;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < ld.nrecords && rc == 0; i++) {
+        const store_record *sr = &ld.records[i];
+        pbft_record *r = &recs[k];
+        r->kind = (pbft_record_kind)sr->kind;
+        r->view = sr->view;
+        r->view_changing = sr->changing;
+        r->seq = sr->seq;
+        if (sr->kind == PBFT_REC_MSG) {
+            char why[160];
+            rc = pbft_msg_parse(sr->raw, sr->raw_len, NULL, NULL, &r->msg, why, sizeof why);
+            if (rc)
+                rc = fb_errf(err, errlen, FB_ECORRUPT,
+                             "store: record %zu does not parse (%s); the data directory is "
+                             "damaged: run 'fedbft run --resync' to rebuild it from peers",
+                             i, why);
+        }
+        k++;
+    }
+    if (rc == 0)
+        rc = pbft_restore(n->replica, recs, k, ld.last_executed, ld.client_table,
+                          ld.client_table_len);
+    if (rc == 0)
+        LOG_INFO("restored: %zu records, last executed %llu, %llu keys", k,
+                 (unsigned long long)ld.last_executed, (unsigned long long)ld.kv_keys);
+    else if (err && !err[0])
+        fb_errf(err, errlen, rc, "store: cannot restore the replica (%s)", fb_strerror(rc));
+    for (size_t i = 0; i < k; i++)
+        pbft_msg_unref(recs[i].msg);
+    free(recs);
+    store_loaded_free(&ld);
+    return rc;
+}
+
+int fb_node_new(uv_loop_t *loop, const cfg_node *cfg, fb_node **out, char *err, size_t errlen)
+{
+    fb_node *n = calloc(1, sizeof *n);
+    if (!n)
+        return FB_ENOMEM;
+    n->loop = loop;
+    n->cfg = *cfg;
+    if (err && errlen)
+        err[0] = '\0';
+    int rc = cfg_cluster_load(cfg->cluster_path, &n->cluster, err, errlen);
+    if (rc == 0)
+        rc = fb_key_load(cfg->key_path, &n->id, err, errlen);
+    if (rc == 0)
+        rc = cfg_check_node_in_cluster(cfg, &n->cluster, n->id.pk, err, errlen);
+    if (rc) {
+        cfg_cluster_free(&n->cluster);
+        free(n);
+        return rc;
+    }
+    n->client_conn = calloc(n->cluster.nclients ? n->cluster.nclients : 1, sizeof *n->client_conn);
+    pbft_config pc = {
+        .n = n->cluster.n,
+        .id = cfg->id,
+        .checkpoint_interval = cfg->checkpoint_interval,
+        .log_window = cfg->log_window,
+        .batch_max_requests = cfg->batch_max_requests,
+        .batch_max_bytes = cfg->batch_max_bytes,
+        .batch_max_delay_ms = cfg->batch_max_delay_ms,
+        .max_clients = n->cluster.nclients + 16,
+        .request_timeout_ms = cfg->request_timeout_ms,
+        .view_change_timeout_ms = cfg->view_change_timeout_ms,
+        .signer = {sign_cb, &n->id},
+    };
+    if (!n->client_conn)
+        rc = FB_ENOMEM;
+    if (rc == 0)
+        rc = pbft_new(&pc, &n->replica, err, errlen);
+    if (rc == 0)
+        rc = store_open(cfg->data_dir, cfg->durability, store_wake, &n->store_async, &n->store, err,
+                        errlen);
+    if (rc == 0)
+        rc = restore_replica(n, err, errlen);
+    if (rc == 0)
+        rc = fb_sigcache_new(FB_SIGCACHE_DEFAULT_CAPACITY, &n->sigcache);
+    fb_batchver_config bc = {.threads = cfg->worker_threads,
+                             .cache = n->sigcache,
+                             .wake = bv_wake,
+                             .wake_arg = &n->bv_async};
+    if (rc == 0)
+        rc = fb_batchver_new(&bc, &n->bv);
+    net_config nc = {.mode = NET_MODE_REPLICA,
+                     .loop = loop,
+                     .self = &n->id,
+                     .self_id = cfg->id,
+                     .cluster = &n->cluster,
+                     .listen_host = cfg->listen,
+                     .max_frame = cfg->max_frame,
+                     .send_queue_bytes = cfg->send_queue_bytes};
+    net_callbacks cb = {.on_replica_frame = on_replica_frame,
+                        .on_client_frame = on_client_frame,
+                        .on_client_down = on_client_down,
+                        .arg = n};
+    if (rc == 0)
+        rc = net_new(&nc, &cb, &n->net, err, errlen);
+    node_state_io sio = {.send = send_state_msg,
+                         .submit = submit_state_batch,
+                         .snapshot = snapshot_for,
+                         .installed = state_installed,
+                         .stable_seq = stable_seq,
+                         .arg = n};
+    if (rc == 0)
+        rc = node_state_new(cfg->id, n->cluster.n, &sio, &n->state);
+    if (rc) {
+        if (err && !err[0])
+            fb_errf(err, errlen, rc, "cannot start the node: %s", fb_strerror(rc));
+        fb_node_free(n);
+        return rc;
+    }
+    uv_async_init(loop, &n->bv_async, on_bv_async);
+    uv_async_init(loop, &n->store_async, on_store_async);
+    uv_timer_init(loop, &n->pbft_timer);
+    uv_check_init(loop, &n->turn_end);
+    n->bv_async.data = n->store_async.data = n->pbft_timer.data = n->turn_end.data = n;
+    n->handles_open = 4;
+    *out = n;
+    return 0;
+}
+
+int fb_node_start(fb_node *n, char *err, size_t errlen)
+{
+    int rc = net_start(n->net, err, errlen);
+    if (rc)
+        return rc;
+    uv_check_start(&n->turn_end, on_turn_end);
+    pbft_event ev = {.kind = PBFT_EV_TICK, .now_ms = now_ms(n)};
+    step(n, &ev);
+    pbft_status st;
+    pbft_get_status(n->replica, &st);
+    LOG_INFO("replica %u of %u up: view %llu, executed %llu, stable %llu", st.id, st.n,
+             (unsigned long long)st.view, (unsigned long long)st.last_executed,
+             (unsigned long long)st.stable_seq);
+    return 0;
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    fb_node *n = h->data;
+    if (--n->handles_open == 0 && n->stop_cb)
+        n->stop_cb(n->stop_arg);
+}
+
+static void on_net_closed(void *arg)
+{
+    fb_node *n = arg;
+    if (--n->handles_open == 0 && n->stop_cb)
+        n->stop_cb(n->stop_arg);
+}
+
+void fb_node_stop(fb_node *n, void (*cb)(void *arg), void *arg)
+{
+    n->stopping = true;
+    n->stop_cb = cb;
+    n->stop_arg = arg;
+    /* What this turn persisted still goes to the store; store_close (in
+     * fb_node_free) commits everything submitted before closing. */
+    submit_open_batch(n);
+    n->handles_open++; /* the net */
+    uv_timer_stop(&n->pbft_timer);
+    uv_check_stop(&n->turn_end);
+    uv_close((uv_handle_t *)&n->pbft_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&n->turn_end, on_handle_closed);
+    uv_close((uv_handle_t *)&n->bv_async, on_handle_closed);
+    uv_close((uv_handle_t *)&n->store_async, on_handle_closed);
+    net_close(n->net, on_net_closed, n);
+}
+
+void fb_node_free(fb_node *n)
+{
+    if (!n)
+        return;
+    fb_batchver_free(n->bv); /* joins workers; undelivered jobs are dropped */
+    store_close(n->store);   /* commits what was submitted */
+    while (n->inflight_head) {
+        sbatch *sb = n->inflight_head;
+        n->inflight_head = sb->next;
+        sbatch_free(sb);
+    }
+    if (n->open)
+        sbatch_free(n->open);
+    if (n->job)
+        job_free(n->job);
+    net_free(n->net);
+    node_state_free(n->state);
+    fb_sigcache_free(n->sigcache);
+    pbft_free(n->replica);
+    for (int i = 0; i < CKPT_SNAPSHOTS; i++)
+        free(n->snaps[i].client_table);
+    free(n->client_conn);
+    cfg_cluster_free(&n->cluster);
+    fb_key_wipe(&n->id);
+    free(n);
+}
+
+void fb_node_status(const fb_node *n, pbft_status *out)
+{
+    pbft_get_status(n->replica, out);
+}
