@@ -1702,25 +1702,29 @@ static void restore_certs(pbft_replica *r)
     }
 }
 
-/* The CHECKPOINT messages logged for seq (in the window or beyond it) that
- * agree with each other in a quorum; fills proof, returns how many. */
-static uint32_t stable_proof_from_log(pbft_replica *r, uint64_t seq, pbft_msg **proof)
+/* The proof of the STABLE record at recs[upto]: CHECKPOINT messages for seq
+ * logged before it, one per sender, agreeing in a quorum.  Taken from the
+ * records themselves, since the in-memory tables keep only each sender's
+ * newest checkpoint and ours for a later seq may be logged already. */
+static uint32_t stable_proof_from_log(const pbft_replica *r, const pbft_record *recs, size_t upto,
+                                      uint64_t seq, pbft_msg **proof)
 {
-    pbft_msg *all[2 * r->n];
-    uint32_t nall = 0;
-    ckpt *c = ckpt_for(r, seq, false);
-    for (uint32_t j = 0; j < r->n; j++) {
-        if (c && c->msgs[j])
-            all[nall++] = c->msgs[j];
-        else if (r->far_ckpt[j] && r->far_ckpt[j]->u.checkpoint->seq == seq)
-            all[nall++] = r->far_ckpt[j];
+    pbft_msg *by_sender[r->n];
+    memset(by_sender, 0, sizeof by_sender);
+    for (size_t i = 0; i < upto; i++) {
+        pbft_msg *m = recs[i].msg;
+        if (recs[i].kind == PBFT_REC_MSG && m && m->type == FEDBFT__MSG_TYPE__MSG_CHECKPOINT &&
+            m->u.checkpoint->seq == seq && m->sender < r->n)
+            by_sender[m->sender] = m;
     }
-    for (uint32_t i = 0; i < nall; i++) {
+    for (uint32_t i = 0; i < r->n; i++) {
+        if (!by_sender[i])
+            continue;
         uint32_t k = 0;
-        for (uint32_t j = 0; j < nall; j++)
-            if (digest_eq(all[j]->u.checkpoint->state_digest.data,
-                          all[i]->u.checkpoint->state_digest.data))
-                proof[k++] = all[j];
+        for (uint32_t j = 0; j < r->n; j++)
+            if (by_sender[j] && digest_eq(by_sender[j]->u.checkpoint->state_digest.data,
+                                          by_sender[i]->u.checkpoint->state_digest.data))
+                proof[k++] = by_sender[j];
         if (k >= r->quorum)
             return k;
     }
@@ -1745,7 +1749,7 @@ int pbft_restore(pbft_replica *r, const pbft_record *recs, size_t nrecs, uint64_
         if (rec->kind != PBFT_REC_STABLE || rec->seq <= r->h)
             continue;
         pbft_msg *proof[r->n];
-        uint32_t k = stable_proof_from_log(r, rec->seq, proof);
+        uint32_t k = stable_proof_from_log(r, recs, i, rec->seq, proof);
         if (k < r->quorum)
             return FB_ECORRUPT; /* a stable record always follows its proof */
         uint8_t d[FB_DIGEST_LEN];

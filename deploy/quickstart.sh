@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# deploy/quickstart.sh - install what is missing, build, and run the main job.
-#
-# Today the main job shows the commands and makes an identity key; as the
-# node runtime lands it grows into a local 4-node cluster serving writes,
-# reads and inference.
+# deploy/quickstart.sh - install what is missing, build, and run the main job:
+# a local 4-node fedbft cluster on 127.0.0.1 that commits writes and serves
+# reads, then shows each node's status.  The cluster keeps running; stop it
+# with:  ./build/fedbft cluster down --dir out/quickstart
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,16 +10,33 @@ cd "$(dirname "$0")/.."
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$(nproc)"
 
-keydir=${FEDBFT_QUICKSTART_DIR:-$PWD/out/quickstart}/node0
-echo
-echo "== fedbft --help"
-./build/fedbft --help
-echo
-echo "== fedbft keygen --out $keydir"
-if [ -e "$keydir/node.key" ]; then
-    echo "(keeping the identity already in $keydir)"
-    cat "$keydir/node.pub"
-else
-    ./build/fedbft keygen --out "$keydir"
+F=./build/fedbft
+dir=${FEDBFT_QUICKSTART_DIR:-$PWD/out/quickstart}
+if [ ! -f "$dir/cluster.json" ]; then
+    echo "== fedbft cluster init --nodes 4 --dir $dir"
+    "$F" cluster init --nodes 4 --dir "$dir" --base-port "${FEDBFT_QUICKSTART_PORT:-7000}"
 fi
-ls -l "$keydir"
+echo
+echo "== fedbft cluster up --dir $dir"
+"$F" cluster up --dir "$dir"
+
+client() { "$F" client --cluster "$dir/cluster.json" --key "$dir/clients/client0/node.key" "$@"; }
+echo
+echo "== writes and reads through the cluster (each answer agreed by f+1 = 2 replicas; fast reads by 2f+1 = 3)"
+set -x
+client put greeting "hello, federation"
+client get greeting
+client cas greeting "hello, federation" "hello again"
+client get --ordered greeting
+client put counter 1
+client del counter
+set +x
+echo
+echo "== 200 writes from 8 concurrent clients"
+"$F" client --cluster "$dir/cluster.json" --keys "$dir/clients" load --writes 200 --concurrency 8
+echo
+echo "== fedbft cluster status --dir $dir"
+"$F" cluster status --dir "$dir"
+echo
+echo "The cluster is still running.  Logs: $dir/node<i>/node.log"
+echo "Stop it with:  $F cluster down --dir $dir"
