@@ -11,23 +11,19 @@
  * PRE-PREPARE > REQUEST); anything deeper is malformed. */
 #define MAX_DEPTH 4
 
+/* The payload of a consensus message type; NULL for the others (REPLY,
+ * state transfer and channel messages never enter the replica). */
 static const ProtobufCMessageDescriptor *payload_descriptor(int type)
 {
     switch (type) {
     case FEDBFT__MSG_TYPE__MSG_REQUEST:
-        return &fedbft__request__descriptor;
     case FEDBFT__MSG_TYPE__MSG_PRE_PREPARE:
-        return &fedbft__pre_prepare__descriptor;
     case FEDBFT__MSG_TYPE__MSG_PREPARE:
-        return &fedbft__prepare__descriptor;
     case FEDBFT__MSG_TYPE__MSG_COMMIT:
-        return &fedbft__commit__descriptor;
     case FEDBFT__MSG_TYPE__MSG_CHECKPOINT:
-        return &fedbft__checkpoint__descriptor;
     case FEDBFT__MSG_TYPE__MSG_VIEW_CHANGE:
-        return &fedbft__view_change__descriptor;
     case FEDBFT__MSG_TYPE__MSG_NEW_VIEW:
-        return &fedbft__new_view__descriptor;
+        return fb_env_payload_descriptor(type);
     default:
         return NULL;
     }

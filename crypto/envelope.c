@@ -19,6 +19,40 @@ static int envelope_type_valid(int type)
     return type >= FEDBFT__MSG_TYPE__MSG_REQUEST && type <= FEDBFT__MSG_TYPE__MSG_CHANNEL_FINISH;
 }
 
+const ProtobufCMessageDescriptor *fb_env_payload_descriptor(int type)
+{
+    switch (type) {
+    case FEDBFT__MSG_TYPE__MSG_REQUEST:
+        return &fedbft__request__descriptor;
+    case FEDBFT__MSG_TYPE__MSG_REPLY:
+        return &fedbft__reply__descriptor;
+    case FEDBFT__MSG_TYPE__MSG_PRE_PREPARE:
+        return &fedbft__pre_prepare__descriptor;
+    case FEDBFT__MSG_TYPE__MSG_PREPARE:
+        return &fedbft__prepare__descriptor;
+    case FEDBFT__MSG_TYPE__MSG_COMMIT:
+        return &fedbft__commit__descriptor;
+    case FEDBFT__MSG_TYPE__MSG_CHECKPOINT:
+        return &fedbft__checkpoint__descriptor;
+    case FEDBFT__MSG_TYPE__MSG_VIEW_CHANGE:
+        return &fedbft__view_change__descriptor;
+    case FEDBFT__MSG_TYPE__MSG_NEW_VIEW:
+        return &fedbft__new_view__descriptor;
+    case FEDBFT__MSG_TYPE__MSG_STATE_REQUEST:
+        return &fedbft__state_request__descriptor;
+    case FEDBFT__MSG_TYPE__MSG_STATE_RESPONSE:
+        return &fedbft__state_response__descriptor;
+    case FEDBFT__MSG_TYPE__MSG_CHANNEL_HELLO:
+        return &fedbft__channel_hello__descriptor;
+    case FEDBFT__MSG_TYPE__MSG_CHANNEL_REPLY:
+        return &fedbft__channel_reply__descriptor;
+    case FEDBFT__MSG_TYPE__MSG_CHANNEL_FINISH:
+        return &fedbft__channel_finish__descriptor;
+    default:
+        return NULL;
+    }
+}
+
 int fb_env_digest(int type, uint32_t version, uint32_t sender, const uint8_t *payload,
                   size_t payload_len, uint8_t out[FB_DIGEST_LEN])
 {

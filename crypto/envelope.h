@@ -28,6 +28,10 @@ int fb_env_digest(int type, uint32_t version, uint32_t sender, const uint8_t *pa
 int fb_env_seal(int type, uint32_t sender, const uint8_t *payload, size_t payload_len,
                 const fb_identity *id, uint8_t **out, size_t *out_len);
 
+/* The protobuf descriptor of the payload an envelope of this type carries,
+ * or NULL for an unknown type. */
+const ProtobufCMessageDescriptor *fb_env_payload_descriptor(int type);
+
 /* Parse a serialised envelope and check its structure (known type, supported
  * version, 64-byte signature) without computing its digest.  Same errors and
  * ownership as fb_env_open. */

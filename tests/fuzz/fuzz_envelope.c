@@ -8,45 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The payload message each envelope type carries. */
-static const ProtobufCMessageDescriptor *payload_descriptor(int type)
-{
-    switch (type) {
-    case FEDBFT__MSG_TYPE__MSG_REQUEST:
-        return &fedbft__request__descriptor;
-    case FEDBFT__MSG_TYPE__MSG_REPLY:
-        return &fedbft__reply__descriptor;
-    case FEDBFT__MSG_TYPE__MSG_PRE_PREPARE:
-        return &fedbft__pre_prepare__descriptor;
-    case FEDBFT__MSG_TYPE__MSG_PREPARE:
-        return &fedbft__prepare__descriptor;
-    case FEDBFT__MSG_TYPE__MSG_COMMIT:
-        return &fedbft__commit__descriptor;
-    case FEDBFT__MSG_TYPE__MSG_CHECKPOINT:
-        return &fedbft__checkpoint__descriptor;
-    case FEDBFT__MSG_TYPE__MSG_VIEW_CHANGE:
-        return &fedbft__view_change__descriptor;
-    case FEDBFT__MSG_TYPE__MSG_NEW_VIEW:
-        return &fedbft__new_view__descriptor;
-    case FEDBFT__MSG_TYPE__MSG_STATE_REQUEST:
-        return &fedbft__state_request__descriptor;
-    case FEDBFT__MSG_TYPE__MSG_STATE_RESPONSE:
-        return &fedbft__state_response__descriptor;
-    case FEDBFT__MSG_TYPE__MSG_CHANNEL_HELLO:
-        return &fedbft__channel_hello__descriptor;
-    case FEDBFT__MSG_TYPE__MSG_CHANNEL_REPLY:
-        return &fedbft__channel_reply__descriptor;
-    case FEDBFT__MSG_TYPE__MSG_CHANNEL_FINISH:
-        return &fedbft__channel_finish__descriptor;
-    default:
-        return NULL;
-    }
-}
-
 /* Decode the payload as the message its type names, then free it. */
 static void decode_payload(const Fedbft__Envelope *env)
 {
-    const ProtobufCMessageDescriptor *d = payload_descriptor(env->type);
+    const ProtobufCMessageDescriptor *d = fb_env_payload_descriptor(env->type);
     if (!d)
         return;
     ProtobufCMessage *m = protobuf_c_message_unpack(d, NULL, env->payload.len, env->payload.data);

@@ -8,6 +8,7 @@
  * Forged signatures must die in the harness's verification; everything
  * validly signed but wrong must be rejected by the replica's own rules.
  */
+#include "envelope.h"
 #include "sim_int.h"
 
 #include <stdlib.h>
@@ -176,33 +177,11 @@ static pbft_msg *make_checkpoint(sim_node *nd, uint32_t sender, uint64_t seq, co
                : out;
 }
 
-static const ProtobufCMessageDescriptor *descriptor(int type)
-{
-    switch (type) {
-    case FEDBFT__MSG_TYPE__MSG_REQUEST:
-        return &fedbft__request__descriptor;
-    case FEDBFT__MSG_TYPE__MSG_PRE_PREPARE:
-        return &fedbft__pre_prepare__descriptor;
-    case FEDBFT__MSG_TYPE__MSG_PREPARE:
-        return &fedbft__prepare__descriptor;
-    case FEDBFT__MSG_TYPE__MSG_COMMIT:
-        return &fedbft__commit__descriptor;
-    case FEDBFT__MSG_TYPE__MSG_CHECKPOINT:
-        return &fedbft__checkpoint__descriptor;
-    case FEDBFT__MSG_TYPE__MSG_VIEW_CHANGE:
-        return &fedbft__view_change__descriptor;
-    case FEDBFT__MSG_TYPE__MSG_NEW_VIEW:
-        return &fedbft__new_view__descriptor;
-    default:
-        return NULL;
-    }
-}
-
 /* m re-signed by nd under another sender's name: the payload's replica
  * field is changed to match, so only the signature gives it away. */
 static pbft_msg *forge_as(sim_node *nd, const pbft_msg *m, uint32_t victim)
 {
-    const ProtobufCMessageDescriptor *d = descriptor(m->type);
+    const ProtobufCMessageDescriptor *d = fb_env_payload_descriptor(m->type);
     if (!d)
         return NULL;
     ProtobufCMessage *p =
