@@ -22,6 +22,7 @@ static const cli_command commands[] = {
      cmd_cluster_usage},
     {"run", "run a node in the foreground (fedbft run --config node.json)", cmd_run, cmd_run_usage},
     {"client", "put/get/del/cas against a cluster, or a write load", cmd_client, cmd_client_usage},
+    {"ctl", "send a command to a node's admin socket", cmd_ctl, cmd_ctl_usage},
     {"inspect", "show what a stopped node's store holds", cmd_inspect, cmd_inspect_usage},
     {"version", "print the version", cmd_version, cmd_version_usage},
     {"help", "show help for a command", cmd_help, cmd_help_usage},

@@ -25,6 +25,8 @@ int cmd_client(int argc, char **argv);
 void cmd_client_usage(FILE *out);
 int cmd_inspect(int argc, char **argv);
 void cmd_inspect_usage(FILE *out);
+int cmd_ctl(int argc, char **argv);
+void cmd_ctl_usage(FILE *out);
 int cmd_run(int argc, char **argv);
 void cmd_run_usage(FILE *out);
 int cmd_keyinfo(int argc, char **argv);

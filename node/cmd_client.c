@@ -170,6 +170,7 @@ typedef struct load_client {
 typedef struct load {
     uv_loop_t *loop;
     uint64_t target, issued, done, failed;
+    bool stop; /* a request failed: finish what is in flight, start nothing new */
     size_t value_size;
     uint64_t *lat_us;
     load_client *clients;
@@ -190,12 +191,14 @@ static void load_done(void *arg, int status, const Fedbft__Result *res, uint64_t
     (void)seq;
     load_client *lc = arg;
     load *ld = lc->ld;
-    if (status != 0 || !res || res->status != FEDBFT__RESULT__STATUS__STATUS_OK)
+    if (status != 0 || !res || res->status != FEDBFT__RESULT__STATUS__STATUS_OK) {
         ld->failed++;
-    else
-        ld->lat_us[ld->done] = mono_us() - lc->started_us;
+        ld->stop = true;
+    } else {
+        ld->lat_us[ld->done - ld->failed] = mono_us() - lc->started_us;
+    }
     ld->done++;
-    if (ld->done == ld->target)
+    if (ld->done == ld->target || (ld->stop && ld->done == ld->issued))
         uv_stop(ld->loop);
     else
         load_next(lc);
@@ -204,7 +207,7 @@ static void load_done(void *arg, int status, const Fedbft__Result *res, uint64_t
 static void load_next(load_client *lc)
 {
     load *ld = lc->ld;
-    if (ld->issued >= ld->target)
+    if (ld->issued >= ld->target || ld->stop)
         return;
     uint64_t k = ld->issued++;
     snprintf(lc->key, sizeof lc->key, "load-%llu", (unsigned long long)k);
@@ -216,6 +219,7 @@ static void load_next(load_client *lc)
     lc->started_us = mono_us();
     if (fb_client_submit(lc->c, &op, false, load_done, lc) != 0) {
         ld->failed++;
+        ld->stop = true;
         ld->done++;
     }
 }
@@ -280,8 +284,8 @@ static int run_load(const cfg_cluster *cl, const char *keydir, uint64_t writes, 
         uv_run(&loop, UV_RUN_DEFAULT);
     if (rc == 0) {
         uint64_t ok = ld.done - ld.failed;
-        qsort(ld.lat_us, ld.done, sizeof *ld.lat_us, cmp_u64);
-        uint64_t p50 = ld.lat_us[ld.done / 2], p99 = ld.lat_us[ld.done * 99 / 100];
+        qsort(ld.lat_us, ok, sizeof *ld.lat_us, cmp_u64);
+        uint64_t p50 = ok ? ld.lat_us[ok / 2] : 0, p99 = ok ? ld.lat_us[ok * 99 / 100] : 0;
         printf("writes=%llu failed=%llu clients=%d seconds=%.2f writes_per_sec=%.0f "
                "p50_ms=%.2f p99_ms=%.2f\n",
                (unsigned long long)ok, (unsigned long long)ld.failed, conc, secs,

@@ -591,6 +591,11 @@ static void chan_established(void *arg, const uint8_t pk[FB_PK_LEN])
             close_older_inbound(n, c);
         break;
     case CONN_IN_CLIENT:
+        /* Tell the node at once which client this is, so replies can reach
+         * it before it ever sends us a request (a client sends ordered
+         * requests to the primary only, yet every replica must answer). */
+        if (!n->closing && n->cb.on_client_up)
+            n->cb.on_client_up(n->cb.arg, c->client_id, pk);
         break;
     }
 }

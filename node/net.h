@@ -50,6 +50,9 @@ typedef struct net_callbacks {
     /* Optional notifications. */
     void (*on_replica_up)(void *arg, uint32_t id); /* our dialled link to id is up */
     void (*on_replica_down)(void *arg, uint32_t id);
+    /* Replica mode: client connection conn completed its handshake with
+     * identity key pk (before any frame). */
+    void (*on_client_up)(void *arg, uint32_t conn, const uint8_t pk[FB_PK_LEN]);
     void (*on_client_down)(void *arg, uint32_t conn);
     void *arg;
 } net_callbacks;

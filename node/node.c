@@ -2,6 +2,7 @@
  * See node.h for the flow of messages and actions. */
 #include "node.h"
 
+#include "admin.h"
 #include "batchver.h"
 #include "envelope.h"
 #include "fb_error.h"
@@ -13,6 +14,10 @@
 #include "store.h"
 
 #include <sodium.h>
+
+#ifndef FEDBFT_VERSION
+#define FEDBFT_VERSION "unknown"
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -87,6 +92,8 @@ struct fb_node {
     fb_sigcache *sigcache;
     fb_batchver *bv;
     node_state *state; /* state transfer */
+    admin *admin;
+    uint64_t started_ms;
 
     uv_async_t bv_async, store_async;
     uv_timer_t pbft_timer;
@@ -677,6 +684,15 @@ static void on_client_frame(void *arg, uint32_t conn, const uint8_t pk[FB_PK_LEN
     collect(n, IN_CLIENT_REQUEST, m, conn);
 }
 
+/* Replies go to the newest authenticated link of each client. */
+static void on_client_up(void *arg, uint32_t conn, const uint8_t pk[FB_PK_LEN])
+{
+    fb_node *n = arg;
+    for (uint32_t i = 0; i < n->cluster.nclients; i++)
+        if (memcmp(n->cluster.clients[i].pk, pk, FB_PK_LEN) == 0)
+            n->client_conn[i] = conn + 1;
+}
+
 static void on_client_down(void *arg, uint32_t conn)
 {
     fb_node *n = arg;
@@ -903,6 +919,7 @@ int fb_node_new(uv_loop_t *loop, const cfg_node *cfg, fb_node **out, char *err, 
                      .send_queue_bytes = cfg->send_queue_bytes};
     net_callbacks cb = {.on_replica_frame = on_replica_frame,
                         .on_client_frame = on_client_frame,
+                        .on_client_up = on_client_up,
                         .on_client_down = on_client_down,
                         .arg = n};
     if (rc == 0)
@@ -931,9 +948,45 @@ int fb_node_new(uv_loop_t *loop, const cfg_node *cfg, fb_node **out, char *err, 
     return 0;
 }
 
+/* ------------------------------------------------------------ admin commands */
+
+static json_t *admin_status(void *arg, json_t *request, const char **err)
+{
+    (void)request;
+    (void)err;
+    fb_node *n = arg;
+    pbft_status st;
+    pbft_get_status(n->replica, &st);
+    return json_pack("{s:i, s:i, s:i, s:I, s:b, s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s}",
+                     "id", (int)st.id, "n", (int)st.n, "f", (int)st.f, "view", (json_int_t)st.view,
+                     "view_changing", st.view_changing, "primary", (int)st.primary, "last_executed",
+                     (json_int_t)st.last_executed, "last_committed", (json_int_t)st.last_committed,
+                     "stable_checkpoint", (json_int_t)st.stable_seq, "low_watermark",
+                     (json_int_t)st.stable_seq, "high_watermark", (json_int_t)st.high_watermark,
+                     "pending_requests", (json_int_t)st.pending_requests, "fetching_state_seq",
+                     (json_int_t)st.fetching_seq, "uptime_s",
+                     (json_int_t)((now_ms(n) - n->started_ms) / 1000), "version", FEDBFT_VERSION);
+}
+
+static int start_admin(fb_node *n, char *err, size_t errlen)
+{
+    char path[CFG_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/%s", n->cfg.data_dir, ADMIN_SOCKET_FILE);
+    int rc = admin_new(n->loop, path, &n->admin, err, errlen);
+    if (rc == 0)
+        admin_command(n->admin, "status",
+                      "id, view, primary, last executed and committed seq, stable checkpoint, "
+                      "watermarks, pending requests, uptime, version",
+                      admin_status, n);
+    return rc;
+}
+
 int fb_node_start(fb_node *n, char *err, size_t errlen)
 {
+    n->started_ms = now_ms(n);
     int rc = net_start(n->net, err, errlen);
+    if (rc == 0)
+        rc = start_admin(n, err, errlen);
     if (rc)
         return rc;
     uv_check_start(&n->turn_end, on_turn_end);
@@ -977,6 +1030,10 @@ void fb_node_stop(fb_node *n, void (*cb)(void *arg), void *arg)
     uv_close((uv_handle_t *)&n->bv_async, on_handle_closed);
     uv_close((uv_handle_t *)&n->store_async, on_handle_closed);
     net_close(n->net, on_net_closed, n);
+    if (n->admin) {
+        n->handles_open++;
+        admin_close(n->admin, on_net_closed, n);
+    }
 }
 
 void fb_node_free(fb_node *n)
@@ -995,6 +1052,7 @@ void fb_node_free(fb_node *n)
     if (n->job)
         job_free(n->job);
     net_free(n->net);
+    admin_free(n->admin);
     node_state_free(n->state);
     fb_sigcache_free(n->sigcache);
     pbft_free(n->replica);

@@ -51,6 +51,8 @@ typedef struct node {
     int echo_rc;
     uint32_t up[NREP], down[NREP];
     uint32_t clients_down;
+    uint32_t clients_up;
+    uint8_t client_up_pk[FB_PK_LEN];
     int closed;
 } node;
 
@@ -182,6 +184,14 @@ static void cb_down(void *arg, uint32_t id)
         x->down[id]++;
 }
 
+static void cb_client_up(void *arg, uint32_t conn, const uint8_t pk[FB_PK_LEN])
+{
+    node *x = arg;
+    (void)conn;
+    memcpy(x->client_up_pk, pk, FB_PK_LEN);
+    x->clients_up++;
+}
+
 static void cb_client_down(void *arg, uint32_t conn)
 {
     node *x = arg;
@@ -215,7 +225,13 @@ static void node_prepare(world *w, node *x, const char *name, net_mode mode, uin
 
 static void node_start(node *x)
 {
-    net_callbacks cb = {cb_replica_frame, cb_client_frame, cb_up, cb_down, cb_client_down, x};
+    net_callbacks cb = {.on_replica_frame = cb_replica_frame,
+                        .on_client_frame = cb_client_frame,
+                        .on_replica_up = cb_up,
+                        .on_replica_down = cb_down,
+                        .on_client_up = cb_client_up,
+                        .on_client_down = cb_client_down,
+                        .arg = x};
     char err[256] = "";
     assert_int_equal(net_new(&x->cfg, &cb, &x->net, err, sizeof err), 0);
     int rc = net_start(x->net, err, sizeof err);
@@ -576,6 +592,9 @@ static void test_client_roundtrip(void **state)
         assert_int_equal(r->ngot, 1);
         assert_true(r->got[0].client);
         assert_memory_equal(r->client_pk, w->cid[0].pk, FB_PK_LEN);
+        /* announced at the handshake, with the proven key */
+        assert_int_equal(r->clients_up, 1);
+        assert_memory_equal(r->client_up_pk, w->cid[0].pk, FB_PK_LEN);
         assert_int_equal(r->echo_rc, 0);
         assert_int_equal(stats_of(r).client_conns, 1);
         net_link_stats ls = link_of(c, i);
@@ -947,7 +966,8 @@ static void test_api_errors(void **state)
     /* A second replica 0 cannot bind the same port. */
     node *twin = &w->cli[0];
     node_prepare(w, twin, "twin", NET_MODE_REPLICA, 0, &w->rid[0], &w->cluster);
-    net_callbacks cb = {cb_replica_frame, cb_client_frame, NULL, NULL, NULL, twin};
+    net_callbacks cb = {
+        .on_replica_frame = cb_replica_frame, .on_client_frame = cb_client_frame, .arg = twin};
     assert_int_equal(net_new(&twin->cfg, &cb, &twin->net, err, sizeof err), 0);
     assert_int_equal(net_start(twin->net, err, sizeof err), FB_EIO);
     assert_non_null(strstr(err, "cannot listen on 127.0.0.1:"));
