@@ -302,7 +302,16 @@ static int run_load(const cfg_cluster *cl, const char *keydir, uint64_t writes, 
     return rc == 0 ? 0 : 1;
 }
 
-int cmd_client(int argc, char **argv)
+typedef struct client_opts {
+    const char *cluster, *key, *keys;
+    uint64_t timeout, writes;
+    int conc;
+    size_t vsize;
+} client_opts;
+
+/* Parse options from optind on (stopping at the first word that is not one);
+ * 0, or 2 on a usage error. */
+static int parse_opts(int argc, char **argv, client_opts *o)
 {
     static const struct option opts[] = {
         {"cluster", required_argument, NULL, 'c'},    {"key", required_argument, NULL, 'k'},
@@ -310,90 +319,75 @@ int cmd_client(int argc, char **argv)
         {"writes", required_argument, NULL, 'w'},     {"concurrency", required_argument, NULL, 'C'},
         {"value-size", required_argument, NULL, 'v'}, {NULL, 0, NULL, 0},
     };
-    const char *cluster = NULL, *key = NULL, *keys = NULL;
-    uint64_t timeout = 30000, writes = 1000;
-    int conc = 8, ch;
-    size_t vsize = 64;
-    optind = 1;
+    int ch;
     /* "+" stops at the first command word, so "cas --absent" reaches parse_op. */
     while ((ch = getopt_long(argc, argv, "+c:k:K:t:w:C:v:", opts, NULL)) != -1) {
         switch (ch) {
         case 'c':
-            cluster = optarg;
+            o->cluster = optarg;
             break;
         case 'k':
-            key = optarg;
+            o->key = optarg;
             break;
         case 'K':
-            keys = optarg;
+            o->keys = optarg;
             break;
         case 't':
-            timeout = strtoull(optarg, NULL, 10);
+            o->timeout = strtoull(optarg, NULL, 10);
             break;
         case 'w':
-            writes = strtoull(optarg, NULL, 10);
+            o->writes = strtoull(optarg, NULL, 10);
             break;
         case 'C':
-            conc = atoi(optarg);
+            o->conc = atoi(optarg);
             break;
         case 'v':
-            vsize = strtoul(optarg, NULL, 10);
+            o->vsize = strtoul(optarg, NULL, 10);
             break;
         default:
-            cmd_client_usage(stderr);
             return 2;
         }
     }
-    if (!cluster || optind >= argc) {
+    return 0;
+}
+
+int cmd_client(int argc, char **argv)
+{
+    client_opts o = {.timeout = 30000, .writes = 1000, .conc = 8, .vsize = 64};
+    optind = 1;
+    if (parse_opts(argc, argv, &o) != 0) {
+        cmd_client_usage(stderr);
+        return 2;
+    }
+    if (!o.cluster || optind >= argc) {
         fprintf(stderr, "fedbft client: %s\n\n",
-                cluster ? "no command given" : "--cluster FILE is required");
+                o.cluster ? "no command given" : "--cluster FILE is required");
         cmd_client_usage(stderr);
         return 2;
     }
     char err[1024];
     cfg_cluster cl;
-    if (cfg_cluster_load(cluster, &cl, err, sizeof err) != 0) {
+    if (cfg_cluster_load(o.cluster, &cl, err, sizeof err) != 0) {
         fprintf(stderr, "fedbft client: %s\n", err);
         return 1;
     }
     int rc;
     if (strcmp(argv[optind], "load") == 0) {
-        /* options may also follow the command word */
-        optind++;
-        while ((ch = getopt_long(argc, argv, "c:k:K:t:w:C:v:", opts, NULL)) != -1) {
-            switch (ch) {
-            case 'K':
-                keys = optarg;
-                break;
-            case 't':
-                timeout = strtoull(optarg, NULL, 10);
-                break;
-            case 'w':
-                writes = strtoull(optarg, NULL, 10);
-                break;
-            case 'C':
-                conc = atoi(optarg);
-                break;
-            case 'v':
-                vsize = strtoul(optarg, NULL, 10);
-                break;
-            default:
-                cfg_cluster_free(&cl);
-                cmd_client_usage(stderr);
-                return 2;
-            }
-        }
-        if (!keys) {
+        optind++; /* options may also follow the command word */
+        if (parse_opts(argc, argv, &o) != 0 || optind != argc) {
+            cmd_client_usage(stderr);
+            rc = 2;
+        } else if (!o.keys) {
             fprintf(stderr, "fedbft client load: --keys DIR is required\n");
             rc = 2;
         } else {
-            rc = run_load(&cl, keys, writes, conc, vsize, timeout);
+            rc = run_load(&cl, o.keys, o.writes, o.conc, o.vsize, o.timeout);
         }
-    } else if (!key) {
+    } else if (!o.key) {
         fprintf(stderr, "fedbft client: --key KEYFILE is required\n");
         rc = 2;
     } else {
-        rc = run_one(&cl, key, timeout, argc - optind, argv + optind);
+        rc = run_one(&cl, o.key, o.timeout, argc - optind, argv + optind);
     }
     cfg_cluster_free(&cl);
     return rc;
