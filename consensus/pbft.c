@@ -1597,6 +1597,9 @@ const pbft_action *pbft_step(pbft_replica *r, const pbft_event *ev, size_t *nact
         break;
     case PBFT_EV_TICK:
         break;
+    case PBFT_EV_VIEW_CHANGE:
+        start_view_change(r, r->view + 1);
+        break;
     }
     on_time(r);
     emit_timer(r);
@@ -1833,6 +1836,15 @@ void pbft_state_digest(const uint8_t app_digest[FB_DIGEST_LEN], const uint8_t *c
     fb_digest_update(&ctx, app_digest, FB_DIGEST_LEN);
     fb_digest_update(&ctx, ct, FB_DIGEST_LEN);
     fb_digest_final(&ctx, out);
+}
+
+void pbft_stable_checkpoint(const pbft_replica *r, uint64_t *seq, uint8_t digest[FB_DIGEST_LEN],
+                            pbft_msg *const **proof, size_t *nproof)
+{
+    *seq = r->h;
+    memcpy(digest, r->h_digest, FB_DIGEST_LEN);
+    *proof = r->h_proof;
+    *nproof = r->nh_proof;
 }
 
 void pbft_get_status(const pbft_replica *r, pbft_status *out)

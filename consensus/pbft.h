@@ -90,6 +90,7 @@ typedef enum pbft_event_kind {
     PBFT_EV_TICK,            /* only the time passed */
     PBFT_EV_EXECUTED,        /* an EXECUTE (or read-only execute) finished */
     PBFT_EV_STATE_INSTALLED, /* a FETCH_STATE finished: the state at seq is installed */
+    PBFT_EV_VIEW_CHANGE,     /* an operator asks this replica to vote for the next view */
 } pbft_event_kind;
 
 typedef struct pbft_result {
@@ -210,6 +211,12 @@ pbft_req_lookup pbft_request_lookup(pbft_replica *r);
  * relayed in a PRE-PREPARE reuses the digest computed when it arrived. */
 int pbft_parse(pbft_replica *r, const uint8_t *raw, size_t len, pbft_msg **out, char *err,
                size_t errlen);
+
+/* The stable checkpoint: seq, its digest and the quorum of CHECKPOINT
+ * messages proving it (borrowed; valid until the next pbft_step).  seq 0 is
+ * the genesis state and has no proof. */
+void pbft_stable_checkpoint(const pbft_replica *r, uint64_t *seq, uint8_t digest[FB_DIGEST_LEN],
+                            pbft_msg *const **proof, size_t *nproof);
 
 typedef struct pbft_status {
     uint32_t id, n, f, quorum;

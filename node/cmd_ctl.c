@@ -42,6 +42,17 @@ static void print_text(json_t *j, int indent)
             print_text(v, indent + 2);
             continue;
         }
+        if (json_is_array(v) && json_array_size(v) > 0 && json_is_object(json_array_get(v, 0))) {
+            size_t i;
+            json_t *item;
+            printf("%*s%s:\n", indent, "", key);
+            json_array_foreach(v, i, item)
+            {
+                printf("%*s- #%zu\n", indent + 2, "", i);
+                print_text(item, indent + 4);
+            }
+            continue;
+        }
         char *s = json_is_string(v) ? NULL : json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
         printf("%*s%-20s %s\n", indent, "", key, s ? s : json_string_value(v));
         free(s);

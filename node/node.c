@@ -13,6 +13,7 @@
 #include "sigcache.h"
 #include "store.h"
 
+#include <signal.h>
 #include <sodium.h>
 
 #ifndef FEDBFT_VERSION
@@ -968,6 +969,129 @@ static json_t *admin_status(void *arg, json_t *request, const char **err)
                      (json_int_t)((now_ms(n) - n->started_ms) / 1000), "version", FEDBFT_VERSION);
 }
 
+static json_t *admin_peers(void *arg, json_t *request, const char **err)
+{
+    (void)request;
+    (void)err;
+    fb_node *n = arg;
+    json_t *peers = json_array();
+    uint64_t now = now_ms(n);
+    for (uint32_t i = 0; i < n->cluster.n; i++) {
+        if (i == n->cfg.id)
+            continue;
+        net_link_stats ls;
+        net_replica_stats(n->net, i, &ls);
+        json_t *age = ls.last_rx_ms ? json_integer((json_int_t)(now - ls.last_rx_ms)) : json_null();
+        json_array_append_new(
+            peers,
+            json_pack("{s:i, s:s, s:I, s:b, s:s, s:o, s:n, s:I, s:I, s:I, s:I, s:I, s:I, "
+                      "s:I}",
+                      "id", (int)i, "host", n->cluster.replicas[i].host, "port",
+                      (json_int_t)n->cluster.replicas[i].port, "connected", ls.connected,
+                      "handshake", ls.connected ? "established" : "connecting",
+                      "last_message_age_ms", age, "rtt_ms", "frames_in", (json_int_t)ls.frames_in,
+                      "frames_out", (json_int_t)ls.frames_out, "bytes_in", (json_int_t)ls.bytes_in,
+                      "bytes_out", (json_int_t)ls.bytes_out, "frames_rejected",
+                      (json_int_t)ls.rejected, "frames_dropped", (json_int_t)ls.dropped,
+                      "queued_bytes", (json_int_t)ls.queued_bytes));
+    }
+    net_stats ns;
+    net_get_stats(n->net, &ns);
+    return json_pack("{s:o, s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I}}", "peers", peers, "transport",
+                     "handshakes_ok", (json_int_t)ns.handshakes_ok, "handshakes_failed",
+                     (json_int_t)ns.handshakes_failed, "unknown_keys", (json_int_t)ns.unknown_keys,
+                     "garbage", (json_int_t)ns.garbage, "oversized", (json_int_t)ns.oversized,
+                     "client_conns", (json_int_t)ns.client_conns, "client_conns_rejected",
+                     (json_int_t)ns.client_conns_rejected);
+}
+
+static json_t *admin_config(void *arg, json_t *request, const char **err)
+{
+    (void)request;
+    (void)err;
+    fb_node *n = arg;
+    const cfg_node *c = &n->cfg;
+    char pk[FB_PK_HEX_LEN + 1];
+    fb_pubkey_format(n->id.pk, pk);
+    /* The key file's path and public key only: the secret never leaves. */
+    return json_pack(
+        "{s:i, s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:i, s:I, s:i, s:i, s:I, s:I, "
+        "s:i, s:s, s:i, s:I, s:s, s:i, s:i}",
+        "id", (int)c->id, "config_file", c->path, "cluster_file", c->cluster_path, "key_file",
+        c->key_path, "public_key", pk, "data_dir", c->data_dir, "listen", c->listen,
+        "batch_max_requests", (int)c->batch_max_requests, "batch_max_bytes",
+        (int)c->batch_max_bytes, "batch_max_delay_ms", (json_int_t)c->batch_max_delay_ms,
+        "checkpoint_interval", (int)c->checkpoint_interval, "log_window", (int)c->log_window,
+        "request_timeout_ms", (json_int_t)c->request_timeout_ms, "view_change_timeout_ms",
+        (json_int_t)c->view_change_timeout_ms, "worker_threads", (int)c->worker_threads,
+        "durability", c->durability == CFG_DURABILITY_FSYNC ? "fsync" : "os", "max_frame",
+        (int)c->max_frame, "send_queue_bytes", (json_int_t)c->send_queue_bytes, "log_level",
+        fb_log_level_name(fb_log_get_level()), "n", (int)n->cluster.n, "f", (int)n->cluster.f);
+}
+
+static json_t *admin_log_level(void *arg, json_t *request, const char **err)
+{
+    (void)arg;
+    const char *want = json_string_value(json_object_get(request, "level"));
+    if (want) {
+        int l = fb_log_parse_level(want);
+        if (l < 0) {
+            *err = "level must be one of error, warn, info, debug";
+            return NULL;
+        }
+        fb_log_set_level((fb_log_level)l);
+        LOG_WARN("log level set to %s by the admin socket", want);
+    }
+    return json_pack("{s:s}", "level", fb_log_level_name(fb_log_get_level()));
+}
+
+static json_t *admin_checkpoint(void *arg, json_t *request, const char **err)
+{
+    (void)request;
+    (void)err;
+    fb_node *n = arg;
+    uint64_t seq;
+    uint8_t digest[FB_DIGEST_LEN];
+    pbft_msg *const *proof;
+    size_t nproof;
+    pbft_stable_checkpoint(n->replica, &seq, digest, &proof, &nproof);
+    char hex[2 * FB_DIGEST_LEN + 1];
+    sodium_bin2hex(hex, sizeof hex, digest, FB_DIGEST_LEN);
+    json_t *cert = json_array();
+    for (size_t i = 0; i < nproof; i++) {
+        char sig[2 * FB_SIG_LEN + 1];
+        sodium_bin2hex(sig, sizeof sig, proof[i]->env->signature.data, FB_SIG_LEN);
+        json_array_append_new(
+            cert, json_pack("{s:i, s:s}", "replica", (int)proof[i]->sender, "signature", sig));
+    }
+    return json_pack("{s:I, s:s, s:o}", "seq", (json_int_t)seq, "state_digest", seq ? hex : "",
+                     "certificate", cert);
+}
+
+static json_t *admin_view_change(void *arg, json_t *request, const char **err)
+{
+    (void)request;
+    (void)err;
+    fb_node *n = arg;
+    LOG_WARN("view change requested on the admin socket");
+    pbft_event ev = {.kind = PBFT_EV_VIEW_CHANGE, .now_ms = now_ms(n)};
+    step(n, &ev);
+    pbft_status st;
+    pbft_get_status(n->replica, &st);
+    return json_pack("{s:b, s:I}", "voted", 1, "new_view", (json_int_t)st.view);
+}
+
+static json_t *admin_shutdown(void *arg, json_t *request, const char **err)
+{
+    (void)arg;
+    (void)request;
+    (void)err;
+    LOG_WARN("shutdown requested on the admin socket");
+    /* The same clean path as SIGTERM: stop, let the store commit, exit 0. */
+    uv_kill(uv_os_getpid(), SIGTERM);
+    return json_pack("{s:b}", "stopping", 1);
+}
+
 static int start_admin(fb_node *n, char *err, size_t errlen)
 {
     char path[CFG_PATH_MAX + 32];
@@ -978,6 +1102,24 @@ static int start_admin(fb_node *n, char *err, size_t errlen)
                       "id, view, primary, last executed and committed seq, stable checkpoint, "
                       "watermarks, pending requests, uptime, version",
                       admin_status, n);
+    if (rc == 0) {
+        admin_command(n->admin, "peers",
+                      "per peer: connected, handshake, last message age, frames and bytes in/out, "
+                      "frames rejected and dropped; transport counters",
+                      admin_peers, n);
+        admin_command(n->admin, "config", "the effective configuration (no secrets)", admin_config,
+                      n);
+        admin_command(n->admin, "log-level", "get the log level, or set it: level=debug|info|...",
+                      admin_log_level, n);
+        admin_command(n->admin, "checkpoint",
+                      "the latest stable checkpoint: seq, state digest and its certificate",
+                      admin_checkpoint, n);
+        admin_command(n->admin, "view-change",
+                      "vote for a view change now (f+1 votes move the cluster to the next view)",
+                      admin_view_change, n);
+        admin_command(n->admin, "shutdown", "stop the node cleanly (as SIGTERM)", admin_shutdown,
+                      n);
+    }
     return rc;
 }
 
