@@ -54,7 +54,7 @@ static void write_done(uv_write_t *w, int status)
 
 static void send_json(aconn *c, json_t *j)
 {
-    char *text = json_dumps(j, JSON_COMPACT);
+    char *text = json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(6));
     json_decref(j);
     if (!text)
         return;

@@ -17,6 +17,7 @@
  * deadline; nothing sleeps for a fixed time hoping a process is ready. */
 #include "cli.h"
 
+#include "admin.h"
 #include "config.h"
 #include "fb_error.h"
 #include "keys.h"
@@ -42,7 +43,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_NODES 100 /* replica ports P..P+99 sit below client ports P+100.. */
+#define MAX_NODES 100 /* replica ports P..P+99, client ports P+100.., HTTP P+200.. */
+#define HTTP_PORT_OFFSET 200
+#define STATUS_TIMEOUT_MS 500 /* one admin-socket `status` call in `cluster status` */
 #define MAX_CLIENTS 10000
 #define FIRST_CLIENT_ID 1000
 #define UP_TIMEOUT_S 30
@@ -69,7 +72,8 @@ void cmd_cluster_usage(FILE *out)
             "       [--durability fsync|os] [--force]\n"
             "      Make keys and configs: DIR/cluster.json, DIR/node<i>/{node.json,node.key},\n"
             "      DIR/clients/client<j>/node.key (client ids 1000+j).  Replica i listens on\n"
-            "      port P+i for replicas and P+100+i for clients.  Defaults: P 7000, C 8,\n"
+            "      port P+i for replicas, P+100+i for clients and P+200+i for HTTP.  Nodes\n"
+            "      get \"fault_injection\": true (a test cluster).  Defaults: P 7000, C 8,\n"
             "      H 127.0.0.1, durability fsync.  N is 4..%d.  Refuses to overwrite an\n"
             "      existing DIR/cluster.json unless --force, which also makes new keys and\n"
             "      deletes each node's old data directory (it belongs to the old cluster).\n"
@@ -83,7 +87,8 @@ void cmd_cluster_usage(FILE *out)
             "      Stop every node: SIGTERM, then SIGKILL after %d s.\n"
             "  status --dir DIR\n"
             "      A table of the nodes: pid, running, ports, whether the client port\n"
-            "      accepts connections, log size.\n"
+            "      accepts connections, log size, and view / last executed / stable\n"
+            "      checkpoint from the node's admin socket ('-' if it does not answer).\n"
             "  kill I --dir DIR\n"
             "      SIGKILL node I (a crash, for testing recovery).\n"
             "  restart I --dir DIR [--binary PATH] [--timeout S]\n"
@@ -823,6 +828,8 @@ static int init_node(const cluster_dir *cd, const cluster_opts *o, uint32_t i, c
     cfg_node_defaults(n);
     n->id = i;
     n->durability = o->durability;
+    n->fault_injection = true; /* init makes test clusters */
+    n->http_port = (uint16_t)(o->base_port + HTTP_PORT_OFFSET + i);
     snprintf(n->cluster_path, sizeof n->cluster_path, "../cluster.json");
     snprintf(n->key_path, sizeof n->key_path, "%s", FB_KEY_SECRET_FILE);
     snprintf(n->data_dir, sizeof n->data_dir, "data");
@@ -882,9 +889,9 @@ static int cluster_init(int argc, char **argv)
         return rc;
     if (!o.nodes)
         return bad_usage("init", "--nodes N is required");
-    if (o.base_port + 100 + o.nodes - 1 > 65535)
+    if (o.base_port + HTTP_PORT_OFFSET + o.nodes - 1 > 65535)
         return bad_usage("init",
-                         "--base-port %u: too high for %u nodes (client ports P+100+i must "
+                         "--base-port %u: too high for %u nodes (HTTP ports P+200+i must "
                          "be <= 65535)",
                          o.base_port, o.nodes);
     if (!*o.host || strlen(o.host) >= CFG_HOST_MAX ||
@@ -1180,15 +1187,39 @@ static const char *state_name(node_state st)
     }
 }
 
-/* Seam for consensus status: once nodes have an admin socket (docs/DESIGN.md,
- * "admin socket"), query its `status` command here and fill in view, last
- * executed sequence number and primary.  Until then the column shows "-". */
+/* One number from a status reply, or "-" if it is missing. */
+static void status_field(json_t *reply, const char *key, char *buf, size_t cap)
+{
+    json_t *v = json_object_get(reply, key);
+    if (json_is_integer(v))
+        snprintf(buf, cap, "%lld", (long long)json_integer_value(v));
+    else
+        snprintf(buf, cap, "-");
+}
+
+/* Ask node i's admin socket for `status`: "view/last_executed/stable", or "-"
+ * when the node is down, does not answer within STATUS_TIMEOUT_MS, or
+ * answers with an error. */
 static void consensus_status(const cluster_dir *cd, uint32_t i, bool running, char *buf, size_t cap)
 {
-    (void)cd;
-    (void)i;
-    (void)running;
+    char sock[NODE_PATH_MAX], err[512];
     snprintf(buf, cap, "-");
+    if (!running || node_file(cd, i, "data/" ADMIN_SOCKET_FILE, sock, sizeof sock) != 0)
+        return;
+    json_t *req = json_pack("{s:s}", "command", "status");
+    json_t *reply = NULL;
+    int rc = req ? admin_call(sock, req, STATUS_TIMEOUT_MS, &reply, err, sizeof err) : FB_ENOMEM;
+    json_decref(req);
+    if (rc != 0)
+        return;
+    if (json_is_object(reply) && !json_object_get(reply, "error")) {
+        char view[24], exec[24], stable[24];
+        status_field(reply, "view", view, sizeof view);
+        status_field(reply, "last_executed", exec, sizeof exec);
+        status_field(reply, "stable_checkpoint", stable, sizeof stable);
+        snprintf(buf, cap, "%s/%s/%s", view, exec, stable);
+    }
+    json_decref(reply);
 }
 
 static int cluster_status(int argc, char **argv)
@@ -1205,12 +1236,12 @@ static int cluster_status(int argc, char **argv)
     printf("cluster %s: %u replicas, f = %u, %u clients\n\n", cd.dir, cd.n, cd.cl.f,
            cd.cl.nclients);
     printf("%-4s %-8s %-22s %-16s %-6s %-11s %-9s %-10s %s\n", "node", "pid", "state", "host",
-           "port", "client_port", "accepting", "log", "consensus");
+           "port", "client_port", "accepting", "log", "view/executed/stable");
     for (uint32_t i = 0; i < cd.n; i++) {
         const cfg_replica *r = &cd.cl.replicas[i];
         pid_t pid;
         node_state st = get_node_state(&cd, i, &pid);
-        char pidbuf[16] = "-", logp[NODE_PATH_MAX], logsz[24], cons[64];
+        char pidbuf[16] = "-", logp[NODE_PATH_MAX], logsz[24], cons[96];
         if (is_running(st))
             snprintf(pidbuf, sizeof pidbuf, "%d", (int)pid);
         struct stat sb;

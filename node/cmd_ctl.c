@@ -53,7 +53,9 @@ static void print_text(json_t *j, int indent)
             }
             continue;
         }
-        char *s = json_is_string(v) ? NULL : json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+        char *s = json_is_string(v)
+                      ? NULL
+                      : json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(6));
         printf("%*s%-20s %s\n", indent, "", key, s ? s : json_string_value(v));
         free(s);
     }

@@ -194,6 +194,18 @@ static int get_string(const pctx *p, json_t *obj, const char *prefix, const char
     return 0;
 }
 
+/* A JSON boolean.  An absent field leaves *out as it was (the default). */
+static int get_bool(const pctx *p, json_t *obj, const char *key, bool *out, const char *hint)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v)
+        return 0;
+    if (!json_is_boolean(v))
+        return fail(p, key, "must be true or false, not %s (%s)", json_kind(v), hint);
+    *out = json_is_true(v);
+    return 0;
+}
+
 /* A host name or address: only the characters names and IPv4/IPv6
  * addresses use (it becomes a socket address, and a stray space or quote
  * would only fail much later, at bind or connect time). */
@@ -581,6 +593,8 @@ static const char *const node_fields[] = {"id",
                                           "max_frame",
                                           "send_queue_bytes",
                                           "log_level",
+                                          "fault_injection",
+                                          "http_port",
                                           NULL};
 
 static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
@@ -713,6 +727,14 @@ static int parse_node(const pctx *p, json_t *root, cfg_node *n)
     if (!rc)
         rc = parse_enums(p, root, n);
     if (!rc)
+        rc = get_bool(p, root, "fault_injection", &n->fault_injection,
+                      "true only for test clusters: it lets the admin socket break links");
+    uint64_t http_port = n->http_port;
+    if (!rc)
+        rc = get_uint(p, root, "", "http_port", false, 0, 65535,
+                      "a TCP port, or 0 for no HTTP server", &http_port);
+    n->http_port = (uint16_t)http_port;
+    if (!rc)
         rc = check_knob_relations(p, n);
     return rc;
 }
@@ -829,6 +851,13 @@ int cfg_check_node_in_cluster(const cfg_node *node, const cfg_cluster *cluster,
                     node->key_path, have_hex, node->cluster_path, want_hex, node->id, node->id,
                     node->key_path, node->id);
     }
+    const cfg_replica *me = &cluster->replicas[node->id];
+    if (node->http_port && (node->http_port == me->port || node->http_port == me->client_port))
+        return fail(&p, "http_port",
+                    "%u is already replica %u's %s in %s; choose another port or 0 for no "
+                    "HTTP server",
+                    node->http_port, node->id, node->http_port == me->port ? "port" : "client_port",
+                    node->cluster_path);
     return 0;
 }
 
@@ -970,6 +999,8 @@ static json_t *node_to_json(const cfg_node *n)
         json_object_set_new(o, knobs[i].name, json_integer((json_int_t)knob_get(n, &knobs[i])));
     json_object_set_new(o, "durability", json_string(durability_name(n->durability)));
     json_object_set_new(o, "log_level", json_string(n->log_level));
+    json_object_set_new(o, "fault_injection", json_boolean(n->fault_injection));
+    json_object_set_new(o, "http_port", json_integer(n->http_port));
     return o;
 }
 

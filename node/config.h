@@ -21,7 +21,10 @@
  *     "worker_threads": 0,              0 = one per core
  *     "durability": "fsync" | "os",
  *     "max_frame": 4194304, "send_queue_bytes": 16777216,
- *     "log_level": "info" }
+ *     "log_level": "info",
+ *     "fault_injection": false,         true: the admin socket's `fault` command may
+ *                                       drop or delay replica links (test clusters)
+ *     "http_port": 0 }                  0 = no HTTP server; else its port on listen
  *   Relative paths are relative to the directory of node.json.  All knobs but
  *   id, cluster, key and data_dir are optional with the defaults shown.
  *
@@ -77,7 +80,9 @@ typedef struct cfg_node {
     cfg_durability durability;
     uint32_t max_frame;
     uint64_t send_queue_bytes;
-    char log_level[16]; /* "error" | "warn" | "info" | "debug" */
+    char log_level[16];   /* "error" | "warn" | "info" | "debug" */
+    bool fault_injection; /* admin `fault` allowed (test clusters only) */
+    uint16_t http_port;   /* 0 = no HTTP server */
 } cfg_node;
 
 /* Parse and validate.  On error returns FB_EINVAL (or FB_ENOENT/FB_EIO for the

@@ -47,6 +47,10 @@
  *  - Host names that are not IP literals are resolved with uv_getaddrinfo:
  *    asynchronously before every dial, synchronously in net_start for the
  *    listeners.
+ *  - Fault injection (net_fault_set) sits in front of the link's send path
+ *    and behind the channel's receive path, so what it drops or delays is
+ *    whole frames and the secure channel never sees a gap.  A link's delay
+ *    FIFO and its timer exist only once a delay was set.
  */
 #include "net.h"
 
@@ -75,6 +79,7 @@
 #define NET_DEFAULT_RECONNECT_MAX 5000
 #define NET_DEFAULT_MAX_CLIENTS 1024
 #define NET_NO_ID UINT32_MAX
+#define NET_DELAY_HDR 12 /* [8-byte due time, loop ms][4-byte length] */
 
 /* ------------------------------------------------------------ types */
 
@@ -129,6 +134,11 @@ struct net_link {
     bytequeue pending;     /* [4-byte length][plaintext] while down */
     uint64_t pending_cost; /* sum of (length + FB_CHAN_OVERHEAD) in pending */
     net_link_stats st;
+    bool fault_drop_in, fault_drop_out; /* net_fault_set */
+    uint32_t fault_delay_ms;
+    bytequeue delayq; /* [NET_DELAY_HDR][frame] held back by fault_delay_ms */
+    uv_timer_t delay;
+    bool delay_inited;
 };
 
 struct net {
@@ -186,6 +196,17 @@ static void put_be32(uint8_t out[4], uint32_t v)
 static uint32_t get_be32(const uint8_t in[4])
 {
     return (uint32_t)in[0] << 24 | (uint32_t)in[1] << 16 | (uint32_t)in[2] << 8 | in[3];
+}
+
+static void put_be64(uint8_t out[8], uint64_t v)
+{
+    put_be32(out, (uint32_t)(v >> 32));
+    put_be32(out + 4, (uint32_t)v);
+}
+
+static uint64_t get_be64(const uint8_t in[8])
+{
+    return (uint64_t)get_be32(in) << 32 | get_be32(in + 4);
 }
 
 /* xorshift64*: only for reconnect jitter, so peers that lost the same link do
@@ -500,6 +521,10 @@ static void chan_frame(void *arg, const uint8_t *plain, size_t len)
     net_link_stats *st = conn_replica_stats(c);
     if (!st)
         return;
+    if (n->links[c->peer_id].fault_drop_in) {
+        st->fault_dropped_in++;
+        return;
+    }
     st->frames_in++;
     st->bytes_in += len;
     st->last_rx_ms = uv_now(n->loop);
@@ -1168,17 +1193,10 @@ static uint64_t link_queued(const net_link *l)
     return q;
 }
 
-int net_send_replica(net *n, uint32_t id, const uint8_t *frame, size_t len)
+/* The send path behind fault injection: the link's queues. */
+static int link_send(net_link *l, const uint8_t *frame, size_t len)
 {
-    if (!n || (!frame && len > 0))
-        return FB_EINVAL;
-    if (id >= n->cluster->n || (n->mode == NET_MODE_REPLICA && id == n->self_id))
-        return FB_EINVAL;
-    if (n->closing)
-        return FB_ESTATE;
-    if (len > n->max_frame)
-        return FB_ETOOBIG;
-    net_link *l = &n->links[id];
+    net *n = l->n;
     uint64_t cost = (uint64_t)len + FB_CHAN_OVERHEAD;
     if (link_queued(l) + cost > n->send_queue_bytes) {
         l->st.dropped++;
@@ -1199,6 +1217,146 @@ int net_send_replica(net *n, uint32_t id, const uint8_t *frame, size_t len)
     if (rc)
         return rc;
     l->pending_cost += cost;
+    return 0;
+}
+
+/* Hand every frame whose delay is over to the send path, oldest first, and
+ * re-arm for the next. */
+static void on_delay_timer(uv_timer_t *t)
+{
+    net_link *l = t->data;
+    net *n = l->n;
+    if (n->closing)
+        return;
+    uint64_t now = uv_now(n->loop);
+    uint8_t *scratch = NULL;
+    while (l->delayq.bytes >= NET_DELAY_HDR) {
+        uint8_t hdr[NET_DELAY_HDR];
+        bq_copy_out(&l->delayq, 0, hdr, sizeof hdr);
+        uint64_t due = get_be64(hdr);
+        uint32_t len = get_be32(hdr + 8);
+        if (due > now) {
+            uv_timer_start(t, on_delay_timer, due - now, 0);
+            break;
+        }
+        const uint8_t *frame = bq_contig(&l->delayq, NET_DELAY_HDR, len);
+        if (!frame) {
+            uint8_t *p = realloc(scratch, len ? len : 1);
+            if (p) {
+                scratch = p;
+                bq_copy_out(&l->delayq, NET_DELAY_HDR, scratch, len);
+                frame = scratch;
+            }
+        }
+        if (!frame)
+            l->st.fault_delay_dropped++;
+        else if (l->fault_drop_out)
+            l->st.fault_dropped_out++;
+        else
+            (void)link_send(l, frame, len); /* a full send queue counts it as dropped */
+        bq_consume(n, &l->delayq, NET_DELAY_HDR + (uint64_t)len);
+    }
+    free(scratch);
+}
+
+/* Hold a frame back for fault_delay_ms, behind any frame already held. */
+static int link_delay(net_link *l, const uint8_t *frame, size_t len)
+{
+    net *n = l->n;
+    if (!l->delay_inited || l->delayq.bytes + NET_DELAY_HDR + len > n->send_queue_bytes) {
+        l->st.fault_delay_dropped++;
+        return 0;
+    }
+    uint8_t hdr[NET_DELAY_HDR];
+    put_be64(hdr, uv_now(n->loop) + l->fault_delay_ms);
+    put_be32(hdr + 8, (uint32_t)len);
+    bool was_empty = l->delayq.bytes == 0;
+    int rc = bq_append2(n, &l->delayq, hdr, sizeof hdr, frame, len);
+    if (rc)
+        return rc;
+    l->st.fault_delayed++;
+    if (was_empty)
+        uv_timer_start(&l->delay, on_delay_timer, l->fault_delay_ms, 0);
+    return 0;
+}
+
+int net_send_replica(net *n, uint32_t id, const uint8_t *frame, size_t len)
+{
+    if (!n || (!frame && len > 0))
+        return FB_EINVAL;
+    if (id >= n->cluster->n || (n->mode == NET_MODE_REPLICA && id == n->self_id))
+        return FB_EINVAL;
+    if (n->closing)
+        return FB_ESTATE;
+    if (len > n->max_frame)
+        return FB_ETOOBIG;
+    net_link *l = &n->links[id];
+    if (l->fault_drop_out) {
+        l->st.fault_dropped_out++;
+        return 0;
+    }
+    if (l->fault_delay_ms || l->delayq.bytes)
+        return link_delay(l, frame, len);
+    return link_send(l, frame, len);
+}
+
+static int fault_set_one(net *n, net_link *l, bool drop_in, bool drop_out, uint32_t delay_ms)
+{
+    if (delay_ms && !l->delay_inited) {
+        if (n->closing)
+            return FB_ESTATE;
+        uv_timer_init(n->loop, &l->delay); /* cannot fail */
+        l->delay.data = l;
+        l->delay_inited = true;
+        n->live++;
+    }
+    l->fault_drop_in = drop_in;
+    l->fault_drop_out = drop_out;
+    l->fault_delay_ms = delay_ms;
+    return 0;
+}
+
+int net_fault_set(net *n, uint32_t replica, bool drop_in, bool drop_out, uint32_t delay_ms)
+{
+    if (!n)
+        return FB_EINVAL;
+    if (replica != NET_FAULT_ALL) {
+        if (replica >= n->cluster->n || (n->mode == NET_MODE_REPLICA && replica == n->self_id))
+            return FB_EINVAL;
+        return fault_set_one(n, &n->links[replica], drop_in, drop_out, delay_ms);
+    }
+    for (uint32_t i = 0; i < n->cluster->n; i++) {
+        if (n->mode == NET_MODE_REPLICA && i == n->self_id)
+            continue;
+        int rc = fault_set_one(n, &n->links[i], drop_in, drop_out, delay_ms);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+void net_fault_clear(net *n)
+{
+    if (!n)
+        return;
+    for (uint32_t i = 0; i < n->cluster->n; i++) {
+        n->links[i].fault_drop_in = false;
+        n->links[i].fault_drop_out = false;
+        n->links[i].fault_delay_ms = 0;
+    }
+}
+
+int net_fault_get(net *n, uint32_t replica, bool *drop_in, bool *drop_out, uint32_t *delay_ms)
+{
+    if (!n || replica >= n->cluster->n)
+        return FB_EINVAL;
+    const net_link *l = &n->links[replica];
+    if (drop_in)
+        *drop_in = l->fault_drop_in;
+    if (drop_out)
+        *drop_out = l->fault_drop_out;
+    if (delay_ms)
+        *delay_ms = l->fault_delay_ms;
     return 0;
 }
 
@@ -1247,6 +1405,8 @@ void net_close(net *n, void (*cb)(void *arg), void *arg)
         net_link *l = &n->links[i];
         if (l->retry_inited)
             uv_close((uv_handle_t *)&l->retry, on_link_timer_closed);
+        if (l->delay_inited)
+            uv_close((uv_handle_t *)&l->delay, on_link_timer_closed);
         if (l->resolving)
             uv_cancel((uv_req_t *)&l->gai); /* on_resolved still runs, with UV_ECANCELED */
     }
@@ -1270,8 +1430,10 @@ void net_free(net *n)
         abort();
     }
     if (n->links)
-        for (uint32_t i = 0; i < n->cluster->n; i++)
+        for (uint32_t i = 0; i < n->cluster->n; i++) {
             bq_clear(n, &n->links[i].pending);
+            bq_clear(n, &n->links[i].delayq);
+        }
     while (n->pool) {
         chunk *k = n->pool;
         n->pool = k->next;

@@ -96,6 +96,10 @@ typedef struct net_link_stats {
     uint64_t dropped;    /* frames dropped on a full send queue */
     uint64_t last_rx_ms; /* loop time of the last frame received, 0 = never */
     uint64_t queued_bytes;
+    /* Fault injection (net_fault_set): frames dropped on the way in and out,
+     * frames held back by a delay, and delayed frames dropped because the
+     * delay queue was full. */
+    uint64_t fault_dropped_in, fault_dropped_out, fault_delayed, fault_delay_dropped;
 } net_link_stats;
 
 /* Per replica: the dialled link's counters, plus the inbound links from it. */
@@ -107,5 +111,28 @@ typedef struct net_stats {
 } net_stats;
 
 void net_get_stats(net *n, net_stats *out);
+
+/* Fault injection, for test clusters only (the node allows it when node.json
+ * has "fault_injection": true).  Faults apply to replica links, never to
+ * client connections.  replica is a replica id, or NET_FAULT_ALL for every
+ * replica but ourselves; the new settings replace the old ones.
+ *  - drop_in: frames arriving from that replica are discarded before any
+ *    callback sees them (counted in fault_dropped_in, not frames_in).
+ *  - drop_out: frames we send to it are discarded (net_send_replica still
+ *    returns 0, as on a lossy network; counted in fault_dropped_out).
+ *  - delay_ms: frames we send to it wait that long (loop time) in a per-link
+ *    FIFO before entering the send queue.  The FIFO holds at most
+ *    send_queue_bytes (frame + 12 bytes each); a frame that does not fit is
+ *    dropped and counted in fault_delay_dropped.  Order is kept: while the
+ *    FIFO holds frames, new ones queue behind them even with delay 0.
+ * FB_EINVAL for an unknown id or our own (replica mode). */
+#define NET_FAULT_ALL UINT32_MAX
+int net_fault_set(net *n, uint32_t replica, bool drop_in, bool drop_out, uint32_t delay_ms);
+
+/* No faults on any link; frames already delayed still go out when due. */
+void net_fault_clear(net *n);
+
+/* The faults on one replica's link (FB_EINVAL for an unknown id). */
+int net_fault_get(net *n, uint32_t replica, bool *drop_in, bool *drop_out, uint32_t *delay_ms);
 
 #endif

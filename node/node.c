@@ -6,9 +6,12 @@
 #include "batchver.h"
 #include "envelope.h"
 #include "fb_error.h"
+#include "http.h"
 #include "log.h"
+#include "metrics.h"
 #include "net.h"
 #include "node_state.h"
+#include "ops.h"
 #include "sig.h"
 #include "sigcache.h"
 #include "store.h"
@@ -66,10 +69,14 @@ typedef struct out_item {
 /* A store batch and the actions that wait for it. */
 typedef struct sbatch {
     fb_node *node;
+    uint64_t submitted_us;
     store_batch *b;
     out_item *outs;
     size_t nouts, outs_cap;
     bool has_exec, exec_read;
+    uint32_t *exec_clients; /* (client, timestamp) of the executed requests, for ops */
+    uint64_t *exec_ts;
+    size_t nexec;
     uint64_t exec_seq;
     pbft_msg *read_req; /* read-only request being executed */
     struct sbatch *next;
@@ -95,6 +102,17 @@ struct fb_node {
     node_state *state; /* state transfer */
     admin *admin;
     uint64_t started_ms;
+    ops *ops;
+    fb_http *http;
+    fb_metrics *metrics;
+    struct {
+        fb_metric *requests, *latency, *phase[OPS_NPHASES], *batch_size, *verify_batch,
+            *store_commit, *digests[3], *sig_hits, *sig_misses, *rejected[4], *dropped[3],
+            *view_changes;
+        uint64_t last_digests[3], last_hits, last_misses, last_rejected[4], last_dropped[3],
+            last_view_changes;
+    } m;
+    pbft_msg **recent_pp; /* [log_window] newest PRE-PREPARE per seq, for ops */
 
     uv_async_t bv_async, store_async;
     uv_timer_t pbft_timer;
@@ -147,6 +165,7 @@ static void sign_cb(void *arg, const uint8_t digest[FB_DIGEST_LEN], uint8_t sig[
 }
 
 static void step(fb_node *n, const pbft_event *ev);
+static void register_metrics(fb_node *n);
 
 /* ------------------------------------------------------------ output pipeline */
 
@@ -170,6 +189,8 @@ static void sbatch_free(sbatch *sb)
     }
     free(sb->outs);
     pbft_msg_unref(sb->read_req);
+    free(sb->exec_clients);
+    free(sb->exec_ts);
     if (sb->b)
         store_batch_free(sb->b);
     free(sb);
@@ -251,6 +272,37 @@ static void msg_view_seq(const pbft_msg *m, uint64_t *view, uint64_t *seq)
     }
 }
 
+static uint64_t now_us(void)
+{
+    return uv_hrtime() / 1000u;
+}
+
+/* Mark a phase for every request a batch carries. */
+static void mark_batch(fb_node *n, const pbft_msg *pp, ops_phase phase)
+{
+    uint64_t seq = pp->u.pre_prepare->seq, t = now_us();
+    for (size_t i = 0; i < pp->nreqs; i++)
+        ops_mark(n->ops, pp->reqs[i]->u.request->client, pp->reqs[i]->u.request->timestamp, phase,
+                 seq, t);
+}
+
+/* What the persisted records tell about request phases. */
+static void trace_persist(fb_node *n, const pbft_msg *m)
+{
+    uint32_t L = n->cfg.log_window;
+    if (m->type == FEDBFT__MSG_TYPE__MSG_PRE_PREPARE) {
+        pbft_msg **slot = &n->recent_pp[m->u.pre_prepare->seq % L];
+        pbft_msg_unref(*slot);
+        *slot = pbft_msg_ref((pbft_msg *)m);
+        mark_batch(n, m, OPS_PRE_PREPARED);
+    } else if (m->type == FEDBFT__MSG_TYPE__MSG_PREPARE) {
+        /* the certificate is logged when the batch prepared */
+        pbft_msg *pp = n->recent_pp[m->u.prepare->seq % L];
+        if (pp && pp->u.pre_prepare->seq == m->u.prepare->seq)
+            mark_batch(n, pp, OPS_PREPARED);
+    }
+}
+
 static void do_persist(fb_node *n, const pbft_record *rec)
 {
     sbatch *sb = open_batch(n);
@@ -260,6 +312,7 @@ static void do_persist(fb_node *n, const pbft_record *rec)
         msg_view_seq(rec->msg, &view, &seq);
         rc = store_batch_record(sb->b, rec->kind, rec->msg->type, view, false, seq, rec->msg->raw,
                                 rec->msg->raw_len);
+        trace_persist(n, rec->msg);
     } else if (rec->kind == PBFT_REC_STABLE) {
         rc = store_batch_record(sb->b, rec->kind, 0, 0, false, rec->seq, NULL, 0);
         if (rc == 0)
@@ -292,6 +345,17 @@ static void do_execute(fb_node *n, const pbft_action *a)
         if (store_batch_execute(sb->b, a->execute.seq, reqs, lens, a->execute.nreqs) != 0)
             abort();
         sb->exec_seq = a->execute.seq;
+        fb_metric_observe(n->m.batch_size, (double)a->execute.nreqs);
+        /* handed to execution: it committed */
+        sb->exec_clients = calloc(a->execute.nreqs + 1, sizeof *sb->exec_clients);
+        sb->exec_ts = calloc(a->execute.nreqs + 1, sizeof *sb->exec_ts);
+        uint64_t t = now_us();
+        for (size_t i = 0; i < a->execute.nreqs && sb->exec_clients && sb->exec_ts; i++) {
+            const Fedbft__Request *rq = a->execute.reqs[i]->u.request;
+            ops_mark(n->ops, rq->client, rq->timestamp, OPS_COMMITTED, a->execute.seq, t);
+            sb->exec_clients[sb->nexec] = rq->client;
+            sb->exec_ts[sb->nexec++] = rq->timestamp;
+        }
     }
     sb->has_exec = true;
 }
@@ -314,6 +378,16 @@ static void do_reply(fb_node *n, const pbft_action *a)
     fedbft__reply__pack(&rp, payload);
     if (res)
         fedbft__result__free_unpacked(res, NULL);
+    if (a->reply.seq != 0) { /* an ordered request finished here */
+        double phases[OPS_NPHASES];
+        double total = ops_finish(n->ops, a->reply.client, a->reply.timestamp, now_us(), phases);
+        fb_metric_add(n->m.requests, 1);
+        if (total > 0)
+            fb_metric_observe(n->m.latency, total);
+        for (int p = 1; p < OPS_NPHASES; p++)
+            if (phases[p] > 0)
+                fb_metric_observe(n->m.phase[p], phases[p]);
+    }
     out_item o = {.kind = OUT_CLIENT, .to = a->reply.client};
     if (fb_env_seal(FEDBFT__MSG_TYPE__MSG_REPLY, n->cfg.id, payload, plen, &n->id, &o.bytes,
                     &o.len) != 0)
@@ -400,6 +474,9 @@ static void on_store_done(void *arg, const store_result *res)
     /* What waited for this batch goes first, then what the batch produced. */
     for (size_t i = 0; i < sb->nouts; i++)
         perform(n, &sb->outs[i]);
+    fb_metric_observe(n->m.store_commit, (double)(now_us() - sb->submitted_us) / 1e6);
+    for (size_t i = 0; i < sb->nexec; i++)
+        ops_mark(n->ops, sb->exec_clients[i], sb->exec_ts[i], OPS_EXECUTED, sb->exec_seq, now_us());
     if (sb->has_exec && !n->stopping) {
         pbft_result results[res->nresults + 1];
         for (size_t i = 0; i < res->nresults; i++)
@@ -426,6 +503,7 @@ static void submit_open_batch(fb_node *n)
     n->open = NULL;
     store_batch *b = sb->b;
     sb->b = NULL;
+    sb->submitted_us = now_us();
     if (n->inflight_tail)
         n->inflight_tail->next = sb;
     else
@@ -470,6 +548,8 @@ static void dispatch(fb_node *n, in_msg *m)
         step(n, &ev);
         break;
     case IN_CLIENT_REQUEST: {
+        ops_mark(n->ops, m->msg->u.request->client, m->msg->u.request->timestamp, OPS_RECEIVED, 0,
+                 now_us());
         int ci = client_index(n, m->msg->sender);
         if (ci >= 0)
             n->client_conn[ci] = m->from + 1; /* replies go where the client is */
@@ -511,6 +591,7 @@ static void flush_job(fb_node *n)
         j->items[i].digest = j->sigs[i].digest;
         j->items[i].sig = j->sigs[i].sig;
     }
+    fb_metric_observe(n->m.verify_batch, (double)j->nsigs);
     if (fb_batchver_submit(n->bv, j->items, j->nsigs, on_verified, j) != 0) {
         /* Verifier saturated: shed this turn's input; peers retransmit. */
         n->dropped_sig += j->nmsgs;
@@ -904,6 +985,12 @@ int fb_node_new(uv_loop_t *loop, const cfg_node *cfg, fb_node **out, char *err, 
         rc = restore_replica(n, err, errlen);
     if (rc == 0)
         rc = fb_sigcache_new(FB_SIGCACHE_DEFAULT_CAPACITY, &n->sigcache);
+    if (rc == 0)
+        rc = ops_new(&n->ops);
+    if (rc == 0 && (rc = fb_metrics_new(&n->metrics)) == 0)
+        register_metrics(n);
+    if (rc == 0 && !(n->recent_pp = calloc(cfg->log_window, sizeof *n->recent_pp)))
+        rc = FB_ENOMEM;
     fb_batchver_config bc = {.threads = cfg->worker_threads,
                              .cache = n->sigcache,
                              .wake = bv_wake,
@@ -1092,6 +1179,260 @@ static json_t *admin_shutdown(void *arg, json_t *request, const char **err)
     return json_pack("{s:b}", "stopping", 1);
 }
 
+static json_t *admin_recent_ops(void *arg, json_t *request, const char **err)
+{
+    (void)request;
+    (void)err;
+    return ops_json(((fb_node *)arg)->ops);
+}
+
+/* ------------------------------------------------------------ metrics */
+
+static const double latency_bounds[] = {0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05,
+                                        0.1,    0.2,   0.5,   1,     2,    5,    10};
+static const double size_bounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384};
+
+static double g_view(void *arg)
+{
+    pbft_status st;
+    pbft_get_status(((fb_node *)arg)->replica, &st);
+    return (double)st.view;
+}
+
+static double g_executed(void *arg)
+{
+    pbft_status st;
+    pbft_get_status(((fb_node *)arg)->replica, &st);
+    return (double)st.last_executed;
+}
+
+static double g_stable(void *arg)
+{
+    pbft_status st;
+    pbft_get_status(((fb_node *)arg)->replica, &st);
+    return (double)st.stable_seq;
+}
+
+static double g_pending(void *arg)
+{
+    pbft_status st;
+    pbft_get_status(((fb_node *)arg)->replica, &st);
+    return (double)st.pending_requests;
+}
+
+static double g_store_queue(void *arg)
+{
+    fb_node *n = arg;
+    double k = n->open ? 1 : 0;
+    for (sbatch *sb = n->inflight_head; sb; sb = sb->next)
+        k++;
+    return k;
+}
+
+static double g_verify_queue(void *arg)
+{
+    fb_batchver_stats st;
+    fb_batchver_get_stats(((fb_node *)arg)->bv, &st);
+    return (double)st.pending;
+}
+
+static void register_metrics(fb_node *n)
+{
+    fb_metrics *m = n->metrics;
+    n->m.requests = fb_metrics_counter(
+        m, "fedbft_requests_total", "Ordered requests executed and replied by this replica", NULL);
+    n->m.latency =
+        fb_metrics_histogram(m, "fedbft_commit_latency_seconds",
+                             "Time from the first phase this replica saw of a request to its reply",
+                             NULL, latency_bounds, sizeof latency_bounds / sizeof *latency_bounds);
+    for (int p = 1; p < OPS_NPHASES; p++) {
+        char labels[64];
+        snprintf(labels, sizeof labels, "phase=\"%s\"", ops_phase_name((ops_phase)p));
+        n->m.phase[p] = fb_metrics_histogram(
+            m, "fedbft_request_phase_seconds",
+            "Time a request spent reaching each phase from the one before it", labels,
+            latency_bounds, sizeof latency_bounds / sizeof *latency_bounds);
+    }
+    n->m.batch_size =
+        fb_metrics_histogram(m, "fedbft_batch_size", "Requests per executed batch", NULL,
+                             size_bounds, sizeof size_bounds / sizeof *size_bounds);
+    n->m.verify_batch = fb_metrics_histogram(
+        m, "fedbft_verify_batch_size", "Signatures per verification job (one loop turn)", NULL,
+        size_bounds, sizeof size_bounds / sizeof *size_bounds);
+    n->m.store_commit = fb_metrics_histogram(
+        m, "fedbft_store_commit_seconds", "Time from submitting a store batch to its completion",
+        NULL, latency_bounds, sizeof latency_bounds / sizeof *latency_bounds);
+    const char *dk[3] = {"kind=\"request\"", "kind=\"batch\"", "kind=\"envelope\""};
+    for (int i = 0; i < 3; i++)
+        n->m.digests[i] = fb_metrics_counter(m, "fedbft_digest_computations_total",
+                                             "Digests computed by the replica", dk[i]);
+    n->m.sig_hits = fb_metrics_counter(m, "fedbft_sigcache_hits_total",
+                                       "Signatures answered by the verified-signature cache", NULL);
+    n->m.sig_misses = fb_metrics_counter(m, "fedbft_sigcache_misses_total",
+                                         "Signature cache lookups that missed", NULL);
+    const char *rk[4] = {"reason=\"garbage\"", "reason=\"oversized\"", "reason=\"unknown_key\"",
+                         "reason=\"handshake\""};
+    for (int i = 0; i < 4; i++)
+        n->m.rejected[i] =
+            fb_metrics_counter(m, "fedbft_frames_rejected_total",
+                               "Connections cut for a bad frame or handshake", rk[i]);
+    const char *xk[3] = {"reason=\"parse\"", "reason=\"cheap_check\"", "reason=\"signature\""};
+    for (int i = 0; i < 3; i++)
+        n->m.dropped[i] = fb_metrics_counter(m, "fedbft_messages_dropped_total",
+                                             "Messages dropped before reaching the replica", xk[i]);
+    n->m.view_changes = fb_metrics_counter(m, "fedbft_view_changes_total",
+                                           "View changes this replica completed", NULL);
+    fb_metrics_gauge_fn(m, "fedbft_view", "Current view", NULL, g_view, n);
+    fb_metrics_gauge_fn(m, "fedbft_last_executed_seq", "Highest executed sequence number", NULL,
+                        g_executed, n);
+    fb_metrics_gauge_fn(m, "fedbft_stable_checkpoint_seq", "Stable checkpoint (low watermark)",
+                        NULL, g_stable, n);
+    fb_metrics_gauge_fn(m, "fedbft_pending_requests", "Requests waiting to be ordered", NULL,
+                        g_pending, n);
+    fb_metrics_gauge_fn(m, "fedbft_store_queue_depth", "Store batches not yet completed", NULL,
+                        g_store_queue, n);
+    fb_metrics_gauge_fn(m, "fedbft_verify_queue_depth", "Signatures waiting for the verifier", NULL,
+                        g_verify_queue, n);
+}
+
+/* Counters kept elsewhere (replica, cache, transport) advance by their delta. */
+static void sync_counter(fb_metric *c, uint64_t now, uint64_t *last)
+{
+    if (now > *last)
+        fb_metric_add(c, now - *last);
+    *last = now;
+}
+
+static void sync_metrics(fb_node *n)
+{
+    pbft_status st;
+    pbft_get_status(n->replica, &st);
+    sync_counter(n->m.digests[0], st.digests.requests, &n->m.last_digests[0]);
+    sync_counter(n->m.digests[1], st.digests.batches, &n->m.last_digests[1]);
+    sync_counter(n->m.digests[2], st.digests.envelopes, &n->m.last_digests[2]);
+    sync_counter(n->m.view_changes, st.view_changes, &n->m.last_view_changes);
+    fb_sigcache_stats cs;
+    fb_sigcache_get_stats(n->sigcache, &cs);
+    sync_counter(n->m.sig_hits, cs.hits, &n->m.last_hits);
+    sync_counter(n->m.sig_misses, cs.misses, &n->m.last_misses);
+    net_stats ns;
+    net_get_stats(n->net, &ns);
+    uint64_t rej[4] = {ns.garbage, ns.oversized, ns.unknown_keys, ns.handshakes_failed};
+    for (int i = 0; i < 4; i++)
+        sync_counter(n->m.rejected[i], rej[i], &n->m.last_rejected[i]);
+    uint64_t drop[3] = {n->dropped_parse, n->dropped_cheap, n->dropped_sig};
+    for (int i = 0; i < 3; i++)
+        sync_counter(n->m.dropped[i], drop[i], &n->m.last_dropped[i]);
+}
+
+/* Ready: connected to a quorum (counting ourselves), in an active view, not
+ * fetching state. */
+static bool node_ready(fb_node *n)
+{
+    pbft_status st;
+    pbft_get_status(n->replica, &st);
+    uint32_t up = 1;
+    for (uint32_t i = 0; i < n->cluster.n; i++) {
+        if (i == n->cfg.id)
+            continue;
+        net_link_stats ls;
+        net_replica_stats(n->net, i, &ls);
+        up += ls.connected;
+    }
+    return up >= st.quorum && !st.view_changing && st.fetching_seq == 0;
+}
+
+static void set_body(fb_http_response *r, int status, const char *type, const char *text)
+{
+    r->status = status;
+    r->content_type = type;
+    r->body = strdup(text);
+    r->len = r->body ? strlen(text) : 0;
+}
+
+static void on_http(void *arg, const char *path, fb_http_response *resp)
+{
+    fb_node *n = arg;
+    if (strcmp(path, "/metrics") == 0) {
+        sync_metrics(n);
+        resp->status = 200;
+        resp->content_type = "text/plain; version=0.0.4; charset=utf-8";
+        if (fb_metrics_prometheus(n->metrics, &resp->body, &resp->len) != 0)
+            set_body(resp, 500, "text/plain", "cannot render metrics\n");
+    } else if (strcmp(path, "/health") == 0) {
+        set_body(resp, 200, "text/plain", "ok\n");
+    } else if (strcmp(path, "/ready") == 0) {
+        bool ready = node_ready(n);
+        set_body(resp, ready ? 200 : 503, "text/plain", ready ? "ready\n" : "not ready\n");
+    } else {
+        set_body(resp, 404, "text/plain", "not found: try /metrics, /health, /ready\n");
+    }
+}
+
+static json_t *admin_metrics(void *arg, json_t *request, const char **err)
+{
+    (void)request;
+    (void)err;
+    fb_node *n = arg;
+    sync_metrics(n);
+    return fb_metrics_json(n->metrics);
+}
+
+/* fault peer=I|all drop=in|out|both|none delay_ms=N, or fault clear=true,
+ * or fault (no arguments) to show. */
+static json_t *admin_fault(void *arg, json_t *request, const char **err)
+{
+    fb_node *n = arg;
+    if (!n->cfg.fault_injection) {
+        *err = "fault injection is disabled on this node (set \"fault_injection\": true in "
+               "node.json; test clusters only)";
+        return NULL;
+    }
+    if (json_is_true(json_object_get(request, "clear"))) {
+        net_fault_clear(n->net);
+        LOG_WARN("fault injection cleared");
+    } else if (json_object_get(request, "peer")) {
+        json_t *p = json_object_get(request, "peer");
+        uint32_t peer = NET_FAULT_ALL;
+        if (json_is_integer(p))
+            peer = (uint32_t)json_integer_value(p);
+        else if (!json_is_string(p) || strcmp(json_string_value(p), "all") != 0) {
+            *err = "peer must be a replica id or \"all\"";
+            return NULL;
+        }
+        const char *drop = json_string_value(json_object_get(request, "drop"));
+        if (!drop)
+            drop = "none";
+        bool in = !strcmp(drop, "in") || !strcmp(drop, "both");
+        bool out = !strcmp(drop, "out") || !strcmp(drop, "both");
+        if (!in && !out && strcmp(drop, "none") != 0) {
+            *err = "drop must be in, out, both or none";
+            return NULL;
+        }
+        json_int_t delay = json_integer_value(json_object_get(request, "delay_ms"));
+        if (delay < 0 || delay > 60000) {
+            *err = "delay_ms must be 0..60000";
+            return NULL;
+        }
+        if (net_fault_set(n->net, peer, in, out, (uint32_t)delay) != 0) {
+            *err = "unknown peer (or this node itself)";
+            return NULL;
+        }
+        LOG_WARN("fault injection: peer %s drop=%s delay_ms=%lld",
+                 peer == NET_FAULT_ALL ? "all" : "one", drop, (long long)delay);
+    }
+    json_t *links = json_array();
+    for (uint32_t i = 0; i < n->cluster.n; i++) {
+        bool in = false, out = false;
+        uint32_t delay = 0;
+        if (i == n->cfg.id || net_fault_get(n->net, i, &in, &out, &delay) != 0)
+            continue;
+        json_array_append_new(links, json_pack("{s:i, s:b, s:b, s:i}", "peer", (int)i, "drop_in",
+                                               in, "drop_out", out, "delay_ms", (int)delay));
+    }
+    return json_pack("{s:o}", "faults", links);
+}
+
 static int start_admin(fb_node *n, char *err, size_t errlen)
 {
     char path[CFG_PATH_MAX + 32];
@@ -1117,6 +1458,16 @@ static int start_admin(fb_node *n, char *err, size_t errlen)
         admin_command(n->admin, "view-change",
                       "vote for a view change now (f+1 votes move the cluster to the next view)",
                       admin_view_change, n);
+        admin_command(n->admin, "recent-ops",
+                      "the most recent and the slowest requests, with the ms spent reaching each "
+                      "phase (received, pre_prepared, prepared, committed, executed, replied)",
+                      admin_recent_ops, n);
+        admin_command(n->admin, "metrics", "every counter, gauge and histogram as JSON",
+                      admin_metrics, n);
+        admin_command(n->admin, "fault",
+                      "test clusters only: peer=I|all drop=in|out|both|none delay_ms=N, "
+                      "clear=true, or no arguments to show",
+                      admin_fault, n);
         admin_command(n->admin, "shutdown", "stop the node cleanly (as SIGTERM)", admin_shutdown,
                       n);
     }
@@ -1129,6 +1480,10 @@ int fb_node_start(fb_node *n, char *err, size_t errlen)
     int rc = net_start(n->net, err, errlen);
     if (rc == 0)
         rc = start_admin(n, err, errlen);
+    if (rc == 0 && n->cfg.http_port) {
+        const char *host = n->cfg.listen[0] ? n->cfg.listen : n->cluster.replicas[n->cfg.id].host;
+        rc = fb_http_new(n->loop, host, n->cfg.http_port, on_http, n, &n->http, err, errlen);
+    }
     if (rc)
         return rc;
     uv_check_start(&n->turn_end, on_turn_end);
@@ -1176,6 +1531,10 @@ void fb_node_stop(fb_node *n, void (*cb)(void *arg), void *arg)
         n->handles_open++;
         admin_close(n->admin, on_net_closed, n);
     }
+    if (n->http) {
+        n->handles_open++;
+        fb_http_close(n->http, on_net_closed, n);
+    }
 }
 
 void fb_node_free(fb_node *n)
@@ -1195,12 +1554,18 @@ void fb_node_free(fb_node *n)
         job_free(n->job);
     net_free(n->net);
     admin_free(n->admin);
+    fb_http_free(n->http);
+    fb_metrics_free(n->metrics);
     node_state_free(n->state);
     fb_sigcache_free(n->sigcache);
     pbft_free(n->replica);
     for (int i = 0; i < CKPT_SNAPSHOTS; i++)
         free(n->snaps[i].client_table);
     free(n->client_conn);
+    for (uint32_t i = 0; n->recent_pp && i < n->cfg.log_window; i++)
+        pbft_msg_unref(n->recent_pp[i]);
+    free(n->recent_pp);
+    ops_free(n->ops);
     cfg_cluster_free(&n->cluster);
     fb_key_wipe(&n->id);
     free(n);

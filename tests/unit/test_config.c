@@ -116,6 +116,8 @@ static void test_defaults(void **state)
     assert_int_equal(n.max_frame, 4194304);
     assert_int_equal(n.send_queue_bytes, 16777216);
     assert_string_equal(n.log_level, "info");
+    assert_false(n.fault_injection);
+    assert_int_equal(n.http_port, 0);
 }
 
 static void make_cluster(cfg_cluster *c, uint32_t n, uint32_t m)
@@ -264,6 +266,8 @@ static void test_node_roundtrip(void **state)
     n.max_frame = 8 << 20;
     n.send_queue_bytes = 1ull << 33;
     snprintf(n.log_level, sizeof n.log_level, "debug");
+    n.fault_injection = true;
+    n.http_port = 7203;
     assert_int_equal(cfg_node_write(path, &n, err, sizeof err), 0);
     int rc = cfg_node_load(path, &back, err, sizeof err);
     if (rc)
@@ -290,6 +294,19 @@ static void test_node_roundtrip(void **state)
     assert_int_equal(back.max_frame, 8 << 20);
     assert_int_equal(back.send_queue_bytes, 1ull << 33);
     assert_string_equal(back.log_level, "debug");
+    assert_true(back.fault_injection);
+    assert_int_equal(back.http_port, 7203);
+
+    /* And the defaults round-trip too (false / 0 are written, not omitted). */
+    back.fault_injection = false;
+    back.http_port = 0;
+    assert_int_equal(cfg_node_write(path, &back, err, sizeof err), 0);
+    cfg_node again;
+    rc = cfg_node_load(path, &again, err, sizeof err);
+    if (rc)
+        fail_msg("load: %s", err);
+    assert_false(again.fault_injection);
+    assert_int_equal(again.http_port, 0);
     unlink(path);
     rmdir(sub);
 }
@@ -316,6 +333,8 @@ static void test_node_minimal_defaults_and_paths(void **state)
     assert_int_equal(n.durability, CFG_DURABILITY_FSYNC);
     assert_string_equal(n.log_level, "info");
     assert_string_equal(n.listen, "");
+    assert_false(n.fault_injection);
+    assert_int_equal(n.http_port, 0);
     char real[PATH_MAX], want[PATH_MAX + 32];
     assert_non_null(realpath(sub, real));
     snprintf(want, sizeof want, "%s/a/../data/", real); /* only leading ./ ../ are folded */
@@ -377,6 +396,20 @@ static void test_node_in_cluster(void **state)
                      FB_EINVAL);
     assert_non_null(strstr(err, "/x/node2/node.json: id:"));
     assert_non_null(strstr(err, "0..3"));
+
+    /* http_port must not be one of the node's own replica or client ports. */
+    n.id = 2;
+    n.http_port = c.replicas[2].client_port;
+    assert_int_equal(cfg_check_node_in_cluster(&n, &c, c.replicas[2].pk, err, sizeof err),
+                     FB_EINVAL);
+    assert_non_null(strstr(err, "/x/node2/node.json: http_port:"));
+    assert_non_null(strstr(err, "client_port"));
+    n.http_port = c.replicas[2].port;
+    assert_int_equal(cfg_check_node_in_cluster(&n, &c, c.replicas[2].pk, err, sizeof err),
+                     FB_EINVAL);
+    assert_non_null(strstr(err, "http_port:"));
+    n.http_port = (uint16_t)(c.replicas[2].port + 200);
+    assert_int_equal(cfg_check_node_in_cluster(&n, &c, c.replicas[2].pk, err, sizeof err), 0);
     cfg_cluster_free(&c);
 }
 
@@ -772,6 +805,31 @@ static void n_path_too_long(json_t *r)
     json_object_set_new(r, "key", json_string(p));
 }
 
+static void n_fault_string(json_t *r)
+{
+    json_object_set_new(r, "fault_injection", json_string("true"));
+}
+static void n_fault_number(json_t *r)
+{
+    json_object_set_new(r, "fault_injection", json_integer(1));
+}
+static void n_http_port_string(json_t *r)
+{
+    json_object_set_new(r, "http_port", json_string("8080"));
+}
+static void n_http_port_huge(json_t *r)
+{
+    json_object_set_new(r, "http_port", json_integer(65536));
+}
+static void n_http_port_negative(json_t *r)
+{
+    json_object_set_new(r, "http_port", json_integer(-1));
+}
+static void n_http_port_bool(json_t *r)
+{
+    json_object_set_new(r, "http_port", json_true());
+}
+
 static const reject_case node_cases[] = {
     {"node: id missing", n_id_missing, "id", "missing"},
     {"node: id a boolean", n_id_bool, "id", "whole number"},
@@ -798,6 +856,12 @@ static const reject_case node_cases[] = {
     {"node: worker_threads huge", n_workers_huge, "worker_threads", "out of range"},
     {"node: listen with a space", n_listen_space, "listen", "not a host name"},
     {"node: path too long", n_path_too_long, "key", "too long"},
+    {"node: fault_injection a string", n_fault_string, "fault_injection", "true or false"},
+    {"node: fault_injection a number", n_fault_number, "fault_injection", "true or false"},
+    {"node: http_port a string", n_http_port_string, "http_port", "whole number"},
+    {"node: http_port too large", n_http_port_huge, "http_port", "out of range"},
+    {"node: http_port negative", n_http_port_negative, "http_port", "out of range"},
+    {"node: http_port a boolean", n_http_port_bool, "http_port", "whole number"},
 };
 
 static void expect_field(const char *err, const char *path, const char *field, const char *detail)
