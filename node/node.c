@@ -1433,6 +1433,15 @@ static json_t *admin_fault(void *arg, json_t *request, const char **err)
     return json_pack("{s:o}", "faults", links);
 }
 
+static json_t *admin_no_inference(void *arg, json_t *request, const char **err)
+{
+    (void)arg;
+    (void)request;
+    *err = "this node has no inference engine yet: the response cache and the batcher come "
+           "with the inference issues";
+    return NULL;
+}
+
 static int start_admin(fb_node *n, char *err, size_t errlen)
 {
     char path[CFG_PATH_MAX + 32];
@@ -1468,6 +1477,10 @@ static int start_admin(fb_node *n, char *err, size_t errlen)
                       "test clusters only: peer=I|all drop=in|out|both|none delay_ms=N, "
                       "clear=true, or no arguments to show",
                       admin_fault, n);
+        admin_command(n->admin, "cache", "inference response cache (not built yet)",
+                      admin_no_inference, n);
+        admin_command(n->admin, "batcher", "inference batcher (not built yet)", admin_no_inference,
+                      n);
         admin_command(n->admin, "shutdown", "stop the node cleanly (as SIGTERM)", admin_shutdown,
                       n);
     }

@@ -112,6 +112,42 @@ check "cluster status shows each node's view/executed/stable" \
     test "$(grep -cE ' running .* [0-9]+/[0-9]+/[0-9]+$' "$tmp/cstatus")" -eq 4
 sed 's/^/     /' "$tmp/cstatus"
 
+# --- HTTP: /health, /ready, and /metrics as valid Prometheus text (bash /dev/tcp, no curl needed)
+http_get() { # http_get PORT PATH -> full response on stdout
+    exec 5<>"/dev/tcp/127.0.0.1/$1" || return 1
+    printf 'GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' "$2" >&5
+    cat <&5
+    exec 5<&-
+}
+hp=$((base + 200))
+http_get "$hp" /health > "$tmp/health" 2>/dev/null
+check "GET /health is 200" grep -q "^HTTP/1.1 200" "$tmp/health"
+ready_ok() { http_get "$hp" /ready 2>/dev/null | grep -q "^HTTP/1.1 200"; }
+wait_for "GET /ready turns 200 once the node is connected and caught up" 30 ready_ok
+http_get "$hp" /nope > "$tmp/nope" 2>/dev/null
+check "an unknown path is 404" grep -q "^HTTP/1.1 404" "$tmp/nope"
+http_get "$hp" /metrics | tr -d '\r' | sed '1,/^$/d' > "$tmp/metrics" 2>/dev/null
+# every line a comment or "name{labels} value"; TYPE before the samples of a name
+bad=$(awk '
+    /^# (HELP|TYPE) / { if ($2 == "TYPE") typed[$3] = 1; next }
+    /^$/ { next }
+    {
+        name = $1; sub(/\{.*/, "", name); base = name
+        sub(/_(bucket|sum|count)$/, "", base)
+        if (name !~ /^[a-zA-Z_:][a-zA-Z0-9_:]*$/) { print "bad name: " $0; next }
+        if (!(name in typed) && !(base in typed)) { print "no TYPE: " $0; next }
+        if ($NF !~ /^(-?[0-9.]+([eE][-+]?[0-9]+)?|[-+]Inf|NaN)$/) print "bad value: " $0
+    }' "$tmp/metrics")
+check "/metrics is valid Prometheus text" test -z "$bad"
+[ -n "$bad" ] && echo "$bad" | head -5
+for m in fedbft_requests_total fedbft_commit_latency_seconds_bucket fedbft_request_phase_seconds_count \
+         fedbft_batch_size_bucket fedbft_verify_batch_size_count fedbft_store_commit_seconds_sum \
+         fedbft_digest_computations_total fedbft_sigcache_hits_total fedbft_frames_rejected_total \
+         fedbft_view_changes_total fedbft_store_queue_depth fedbft_verify_queue_depth; do
+    check "/metrics has $m" grep -q "^$m" "$tmp/metrics"
+done
+check "/metrics counts the committed request" grep -qE "^fedbft_requests_total [1-9]" "$tmp/metrics"
+
 # --- operator commands, each only once the node lists it
 if has peers; then
     ctl 0 peers > "$tmp/peers" 2>&1
