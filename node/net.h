@@ -96,6 +96,8 @@ typedef struct net_link_stats {
     uint64_t dropped;    /* frames dropped on a full send queue */
     uint64_t last_rx_ms; /* loop time of the last frame received, 0 = never */
     uint64_t queued_bytes;
+    uint64_t rtt_us; /* the kernel's smoothed round-trip time on our dialled link
+                        (TCP_INFO), 0 if unknown */
     /* Fault injection (net_fault_set): frames dropped on the way in and out,
      * frames held back by a delay, and delayed frames dropped because the
      * delay queue was full. */

@@ -103,6 +103,8 @@ struct fb_node {
     admin *admin;
     uint64_t started_ms;
     ops *ops;
+    uint64_t logged_view;
+    bool logged_changing;
     fb_http *http;
     fb_metrics *metrics;
     struct {
@@ -431,10 +433,30 @@ static void carry_out(fb_node *n, const pbft_action *acts, size_t nacts)
     }
 }
 
+/* One log line when the replica's view state changes (never per request). */
+static void log_view_transition(fb_node *n)
+{
+    pbft_status st;
+    pbft_get_status(n->replica, &st);
+    if (st.view == n->logged_view && st.view_changing == n->logged_changing)
+        return;
+    if (st.view_changing)
+        LOG_WARN("view %llu: voting for a view change (executed %llu, stable %llu)",
+                 (unsigned long long)st.view, (unsigned long long)st.last_executed,
+                 (unsigned long long)st.stable_seq);
+    else
+        LOG_INFO("view %llu: active, primary %u (executed %llu, stable %llu)",
+                 (unsigned long long)st.view, st.primary, (unsigned long long)st.last_executed,
+                 (unsigned long long)st.stable_seq);
+    n->logged_view = st.view;
+    n->logged_changing = st.view_changing;
+}
+
 static void step(fb_node *n, const pbft_event *ev)
 {
     size_t nacts = 0;
     const pbft_action *acts = pbft_step(n->replica, ev, &nacts);
+    log_view_transition(n);
     carry_out(n, acts, nacts);
 }
 
@@ -1069,18 +1091,19 @@ static json_t *admin_peers(void *arg, json_t *request, const char **err)
         net_link_stats ls;
         net_replica_stats(n->net, i, &ls);
         json_t *age = ls.last_rx_ms ? json_integer((json_int_t)(now - ls.last_rx_ms)) : json_null();
+        json_t *rtt = ls.rtt_us ? json_real((double)ls.rtt_us / 1000.0) : json_null();
         json_array_append_new(
             peers,
-            json_pack("{s:i, s:s, s:I, s:b, s:s, s:o, s:n, s:I, s:I, s:I, s:I, s:I, s:I, "
+            json_pack("{s:i, s:s, s:I, s:b, s:s, s:o, s:o, s:I, s:I, s:I, s:I, s:I, s:I, "
                       "s:I}",
                       "id", (int)i, "host", n->cluster.replicas[i].host, "port",
                       (json_int_t)n->cluster.replicas[i].port, "connected", ls.connected,
                       "handshake", ls.connected ? "established" : "connecting",
-                      "last_message_age_ms", age, "rtt_ms", "frames_in", (json_int_t)ls.frames_in,
-                      "frames_out", (json_int_t)ls.frames_out, "bytes_in", (json_int_t)ls.bytes_in,
-                      "bytes_out", (json_int_t)ls.bytes_out, "frames_rejected",
-                      (json_int_t)ls.rejected, "frames_dropped", (json_int_t)ls.dropped,
-                      "queued_bytes", (json_int_t)ls.queued_bytes));
+                      "last_message_age_ms", age, "rtt_ms", rtt, "frames_in",
+                      (json_int_t)ls.frames_in, "frames_out", (json_int_t)ls.frames_out, "bytes_in",
+                      (json_int_t)ls.bytes_in, "bytes_out", (json_int_t)ls.bytes_out,
+                      "frames_rejected", (json_int_t)ls.rejected, "frames_dropped",
+                      (json_int_t)ls.dropped, "queued_bytes", (json_int_t)ls.queued_bytes));
     }
     net_stats ns;
     net_get_stats(n->net, &ns);

@@ -148,6 +148,20 @@ for m in fedbft_requests_total fedbft_commit_latency_seconds_bucket fedbft_reque
 done
 check "/metrics counts the committed request" grep -qE "^fedbft_requests_total [1-9]" "$tmp/metrics"
 
+# --- recent-ops, metrics (JSON), cache/batcher, peers' round-trip time
+ctl 0 recent-ops > "$tmp/ops" 2>&1
+check "recent-ops lists recent requests" grep -q '"recent":\[{' "$tmp/ops"
+check "recent-ops has the time per phase" grep -q '"phase_ms":{' "$tmp/ops"
+check "recent-ops has the slowest requests" grep -q '"slowest":\[' "$tmp/ops"
+ctl 0 metrics > "$tmp/mjson" 2>&1
+check "metrics as JSON counts requests" grep -qE '"fedbft_requests_total": *[1-9]' "$tmp/mjson"
+check "metrics as JSON has histograms" grep -q '"fedbft_commit_latency_seconds":{"count"' "$tmp/mjson"
+ctl 0 cache > "$tmp/cache" 2>&1; rc=$?
+check "cache answers with an error until inference exists" test $rc -ne 0
+check "cache explains itself" grep -q "no inference engine" "$tmp/cache"
+ctl 0 peers > "$tmp/peers-rtt" 2>&1
+check "peers reports a measured round-trip time" grep -qE '"rtt_ms":[0-9.]+' "$tmp/peers-rtt"
+
 # --- operator commands, each only once the node lists it
 if has peers; then
     ctl 0 peers > "$tmp/peers" 2>&1
