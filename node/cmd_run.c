@@ -85,6 +85,12 @@ int cmd_run(int argc, char **argv)
         fprintf(stderr, "fedbft run: %s\n", err);
         return 1;
     }
+    /* Every log line goes to stderr; a log_file takes stderr's place. */
+    if (cfg.log_file[0] && !freopen(cfg.log_file, "a", stderr)) {
+        fprintf(stdout, "fedbft run: cannot open log_file %s\n", cfg.log_file);
+        return 1;
+    }
+    setvbuf(stderr, NULL, _IOLBF, 0);
     int level = fb_log_parse_level(cfg.log_level);
     fb_log_set_level(level < 0 ? FB_LOG_INFO : (fb_log_level)level);
     char tag[32];

@@ -595,6 +595,7 @@ static const char *const node_fields[] = {"id",
                                           "log_level",
                                           "fault_injection",
                                           "http_port",
+                                          "log_file",
                                           NULL};
 
 static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
@@ -717,6 +718,9 @@ static int parse_node(const pctx *p, json_t *root, cfg_node *n)
                         "a directory for this node's state, e.g. \"data\"");
     if (!rc)
         rc = get_host(p, root, "", "listen", false, true, n->listen);
+    if (!rc)
+        rc = get_string(p, root, "", "log_file", false, false, n->log_file, sizeof n->log_file,
+                        "a file to append the log to, e.g. \"node.log\"");
     for (size_t i = 0; !rc && i < NKNOBS; i++) {
         uint64_t v = knob_get(n, &knobs[i]);
         char hint[64];
@@ -820,6 +824,8 @@ int cfg_node_load(const char *path, cfg_node *out, char *err, size_t errlen)
         rc = resolve_path(&p, "key", base, n->key_path);
     if (!rc)
         rc = resolve_path(&p, "data_dir", base, n->data_dir);
+    if (!rc && n->log_file[0])
+        rc = resolve_path(&p, "log_file", base, n->log_file);
     if (!rc) {
         snprintf(n->path, sizeof n->path, "%s", path);
         *out = *n;
@@ -995,6 +1001,8 @@ static json_t *node_to_json(const cfg_node *n)
         return NULL;
     if (n->listen[0])
         json_object_set_new(o, "listen", json_string(n->listen));
+    if (n->log_file[0])
+        json_object_set_new(o, "log_file", json_string(n->log_file));
     for (size_t i = 0; i < NKNOBS; i++)
         json_object_set_new(o, knobs[i].name, json_integer((json_int_t)knob_get(n, &knobs[i])));
     json_object_set_new(o, "durability", json_string(durability_name(n->durability)));

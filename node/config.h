@@ -22,6 +22,7 @@
  *     "durability": "fsync" | "os",
  *     "max_frame": 4194304, "send_queue_bytes": 16777216,
  *     "log_level": "info",
+ *     "log_file": "node.log",           optional: append the log here instead of stderr
  *     "fault_injection": false,         true: the admin socket's `fault` command may
  *                                       drop or delay replica links (test clusters)
  *     "http_port": 0 }                  0 = no HTTP server; else its port on listen
@@ -80,9 +81,10 @@ typedef struct cfg_node {
     cfg_durability durability;
     uint32_t max_frame;
     uint64_t send_queue_bytes;
-    char log_level[16];   /* "error" | "warn" | "info" | "debug" */
-    bool fault_injection; /* admin `fault` allowed (test clusters only) */
-    uint16_t http_port;   /* 0 = no HTTP server */
+    char log_level[16];          /* "error" | "warn" | "info" | "debug" */
+    char log_file[CFG_PATH_MAX]; /* "" = stderr; else appended to (resolved) */
+    bool fault_injection;        /* admin `fault` allowed (test clusters only) */
+    uint16_t http_port;          /* 0 = no HTTP server */
 } cfg_node;
 
 /* Parse and validate.  On error returns FB_EINVAL (or FB_ENOENT/FB_EIO for the

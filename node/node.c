@@ -1126,7 +1126,7 @@ static json_t *admin_config(void *arg, json_t *request, const char **err)
     /* The key file's path and public key only: the secret never leaves. */
     return json_pack(
         "{s:i, s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:i, s:I, s:i, s:i, s:I, s:I, "
-        "s:i, s:s, s:i, s:I, s:s, s:i, s:i}",
+        "s:i, s:s, s:i, s:I, s:s, s:s, s:i, s:i}",
         "id", (int)c->id, "config_file", c->path, "cluster_file", c->cluster_path, "key_file",
         c->key_path, "public_key", pk, "data_dir", c->data_dir, "listen", c->listen,
         "batch_max_requests", (int)c->batch_max_requests, "batch_max_bytes",
@@ -1136,7 +1136,8 @@ static json_t *admin_config(void *arg, json_t *request, const char **err)
         (json_int_t)c->view_change_timeout_ms, "worker_threads", (int)c->worker_threads,
         "durability", c->durability == CFG_DURABILITY_FSYNC ? "fsync" : "os", "max_frame",
         (int)c->max_frame, "send_queue_bytes", (json_int_t)c->send_queue_bytes, "log_level",
-        fb_log_level_name(fb_log_get_level()), "n", (int)n->cluster.n, "f", (int)n->cluster.f);
+        fb_log_level_name(fb_log_get_level()), "log_file",
+        c->log_file[0] ? c->log_file : "(stderr)", "n", (int)n->cluster.n, "f", (int)n->cluster.f);
 }
 
 static json_t *admin_log_level(void *arg, json_t *request, const char **err)
