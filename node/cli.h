@@ -31,5 +31,7 @@ int cmd_run(int argc, char **argv);
 void cmd_run_usage(FILE *out);
 int cmd_keyinfo(int argc, char **argv);
 void cmd_keyinfo_usage(FILE *out);
+int cmd_model(int argc, char **argv);
+void cmd_model_usage(FILE *out);
 
 #endif
