@@ -1847,6 +1847,15 @@ void pbft_stable_checkpoint(const pbft_replica *r, uint64_t *seq, uint8_t digest
     *nproof = r->nh_proof;
 }
 
+void pbft_get_progress(const pbft_replica *r, pbft_progress *out)
+{
+    out->view = r->view;
+    out->view_changing = r->view_changing;
+    out->last_executed = r->last_executed;
+    out->stable_seq = r->h;
+    out->primary = primary_of(r, r->view);
+}
+
 void pbft_get_status(const pbft_replica *r, pbft_status *out)
 {
     memset(out, 0, sizeof *out);

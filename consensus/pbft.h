@@ -237,4 +237,16 @@ typedef struct pbft_status {
 
 void pbft_get_status(const pbft_replica *r, pbft_status *out);
 
+/* The few fields the node checks on every message and step, without the
+ * walk over the log window that pbft_get_status does. */
+typedef struct pbft_progress {
+    uint64_t view;
+    bool view_changing;
+    uint64_t last_executed;
+    uint64_t stable_seq;
+    uint32_t primary;
+} pbft_progress;
+
+void pbft_get_progress(const pbft_replica *r, pbft_progress *out);
+
 #endif

@@ -436,8 +436,8 @@ static void carry_out(fb_node *n, const pbft_action *acts, size_t nacts)
 /* One log line when the replica's view state changes (never per request). */
 static void log_view_transition(fb_node *n)
 {
-    pbft_status st;
-    pbft_get_status(n->replica, &st);
+    pbft_progress st;
+    pbft_get_progress(n->replica, &st);
     if (st.view == n->logged_view && st.view_changing == n->logged_changing)
         return;
     if (st.view_changing)
@@ -680,8 +680,8 @@ static void enqueue_verify(fb_node *n, in_kind kind, pbft_msg *msg, Fedbft__Enve
 /* Cheap checks before any signature is looked at: junk costs almost nothing. */
 static bool worth_verifying(fb_node *n, const pbft_msg *m)
 {
-    pbft_status st;
-    pbft_get_status(n->replica, &st);
+    pbft_progress st;
+    pbft_get_progress(n->replica, &st);
     uint64_t view = 0, seq = 0;
     msg_view_seq(m, &view, &seq);
     switch (m->type) {
