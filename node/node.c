@@ -129,7 +129,8 @@ struct fb_node {
     sbatch *open; /* filling this turn */
     sbatch *inflight_head, *inflight_tail;
 
-    uint32_t *client_conn; /* client index -> connection id + 1 (0 = none) */
+    uint32_t *client_conn;  /* client index -> connection id + 1 (0 = none) */
+    uint32_t *client_order; /* client indexes sorted by client id */
     ckpt_snapshot snaps[CKPT_SNAPSHOTS];
 
     uint64_t dropped_cheap, dropped_sig, dropped_parse;
@@ -147,11 +148,40 @@ static const uint8_t *replica_pk(const fb_node *n, uint32_t id)
     return id < n->cluster.n ? n->cluster.replicas[id].pk : NULL;
 }
 
+/* Client ids sorted once at start-up: every request's signature check and
+ * every reply look a client up, so the lookup must not grow with the number
+ * of clients the federation admits. */
+static int by_client_id(const void *a, const void *b, void *arg)
+{
+    const cfg_cluster *c = arg;
+    uint32_t x = c->clients[*(const uint32_t *)a].id, y = c->clients[*(const uint32_t *)b].id;
+    return x < y ? -1 : x > y;
+}
+
+static int build_client_order(fb_node *n)
+{
+    n->client_order = calloc(n->cluster.nclients ? n->cluster.nclients : 1, sizeof(uint32_t));
+    if (!n->client_order)
+        return FB_ENOMEM;
+    for (uint32_t i = 0; i < n->cluster.nclients; i++)
+        n->client_order[i] = i;
+    qsort_r(n->client_order, n->cluster.nclients, sizeof(uint32_t), by_client_id, &n->cluster);
+    return 0;
+}
+
 static int client_index(const fb_node *n, uint32_t client_id)
 {
-    for (uint32_t i = 0; i < n->cluster.nclients; i++)
-        if (n->cluster.clients[i].id == client_id)
-            return (int)i;
+    size_t lo = 0, hi = n->cluster.nclients;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        uint32_t id = n->cluster.clients[n->client_order[mid]].id;
+        if (id == client_id)
+            return (int)n->client_order[mid];
+        if (id < client_id)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
     return -1;
 }
 
@@ -999,6 +1029,8 @@ int fb_node_new(uv_loop_t *loop, const cfg_node *cfg, fb_node **out, char *err, 
     if (!n->client_conn)
         rc = FB_ENOMEM;
     if (rc == 0)
+        rc = build_client_order(n);
+    if (rc == 0)
         rc = pbft_new(&pc, &n->replica, err, errlen);
     if (rc == 0)
         rc = store_open(cfg->data_dir, cfg->durability, store_wake, &n->store_async, &n->store, err,
@@ -1599,6 +1631,7 @@ void fb_node_free(fb_node *n)
     for (int i = 0; i < CKPT_SNAPSHOTS; i++)
         free(n->snaps[i].client_table);
     free(n->client_conn);
+    free(n->client_order);
     for (uint32_t i = 0; n->recent_pp && i < n->cfg.log_window; i++)
         pbft_msg_unref(n->recent_pp[i]);
     free(n->recent_pp);

@@ -18,23 +18,7 @@ cleanup() {
     rm -rf "$tmp"
 }
 trap cleanup EXIT
-fails=0
-skips=0
-check() { # check DESCRIPTION COMMAND...
-    local what=$1; shift
-    if "$@"; then echo "ok   $what"; else echo "FAIL $what"; fails=$((fails + 1)); fi
-}
-skip() { echo "skip $1"; skips=$((skips + 1)); }
-# wait_for DESCRIPTION SECONDS COMMAND...: poll a condition with a deadline
-wait_for() {
-    local what=$1 secs=$2; shift 2
-    local deadline=$((SECONDS + secs))
-    until "$@"; do
-        if [ $SECONDS -ge $deadline ]; then echo "FAIL $what (after ${secs}s)"; fails=$((fails + 1)); return 1; fi
-        sleep 0.2
-    done
-    echo "ok   $what"
-}
+. "$(dirname "$0")/lib.sh"
 
 base=$((10000 + (RANDOM % 1000) * 20))
 "$FEDBFT" cluster init --nodes 4 --dir "$dir" --base-port "$base" --durability os >/dev/null

@@ -6,11 +6,7 @@ set -u
 FEDBFT=${1:?usage: cli_cluster.sh PATH_TO_FEDBFT}
 tmp=$(mktemp -d /tmp/fedbft-cli-cluster-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
-fails=0
-check() { # check DESCRIPTION COMMAND...
-    local what=$1; shift
-    if "$@"; then echo "ok   $what"; else echo "FAIL $what"; fails=$((fails + 1)); fi
-}
+. "$(dirname "$0")/lib.sh"
 mode() { stat -c %a "$1"; }
 # json FILE EXPR...: print each Python expression over the parsed file (as
 # j), one line each.  (Python starts slowly: ask for several values at once.)

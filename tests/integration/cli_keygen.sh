@@ -5,11 +5,7 @@ set -u
 FEDBFT=${1:?usage: cli_keygen.sh PATH_TO_FEDBFT}
 tmp=$(mktemp -d /tmp/fedbft-cli-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
-fails=0
-check() { # check DESCRIPTION COMMAND...
-    local what=$1; shift
-    if "$@"; then echo "ok   $what"; else echo "FAIL $what"; fails=$((fails + 1)); fi
-}
+. "$(dirname "$0")/lib.sh"
 
 # --help lists the commands, and each listed command has its own --help
 "$FEDBFT" --help > "$tmp/help" 2>&1

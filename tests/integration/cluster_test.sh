@@ -17,21 +17,7 @@ cleanup() {
     rm -rf "$tmp"
 }
 trap cleanup EXIT
-fails=0
-check() { # check DESCRIPTION COMMAND...
-    local what=$1; shift
-    if "$@"; then echo "ok   $what"; else echo "FAIL $what"; fails=$((fails + 1)); fi
-}
-# wait_for DESCRIPTION SECONDS COMMAND...: poll a condition with a deadline
-wait_for() {
-    local what=$1 secs=$2; shift 2
-    local deadline=$((SECONDS + secs))
-    until "$@"; do
-        if [ $SECONDS -ge $deadline ]; then echo "FAIL $what (after ${secs}s)"; fails=$((fails + 1)); return 1; fi
-        sleep 0.2
-    done
-    echo "ok   $what"
-}
+. "$(dirname "$0")/lib.sh"
 
 # Ports: a random base so parallel runs do not collide, kept below the
 # kernel's ephemeral range (32768+) where other tests' client sockets live.
