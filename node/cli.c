@@ -24,7 +24,8 @@ static const cli_command commands[] = {
     {"client", "put/get/del/cas against a cluster, or a write load", cmd_client, cmd_client_usage},
     {"ctl", "send a command to a node's admin socket", cmd_ctl, cmd_ctl_usage},
     {"inspect", "show what a stopped node's store holds", cmd_inspect, cmd_inspect_usage},
-    {"model", "inspect a GGUF model file (model info FILE)", cmd_model, cmd_model_usage},
+    {"model", "GGUF models: info, synth, quantize, run (local generation)", cmd_model,
+     cmd_model_usage},
     {"version", "print the version", cmd_version, cmd_version_usage},
     {"help", "show help for a command", cmd_help, cmd_help_usage},
 };

@@ -33,5 +33,7 @@ int cmd_keyinfo(int argc, char **argv);
 void cmd_keyinfo_usage(FILE *out);
 int cmd_model(int argc, char **argv);
 void cmd_model_usage(FILE *out);
+int cmd_model_run(int argc, char **argv); /* `fedbft model run` */
+void cmd_model_run_usage(FILE *out);
 
 #endif

@@ -1,0 +1,670 @@
+/* model.c - loading a llama GGUF model and running its forward pass for a
+ * batch of sequences (see model.h for the contract). */
+#include "model.h"
+
+#include "fb_error.h"
+#include "gguf.h"
+#include "kernels.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#define ROW_ALIGN 8 /* rows per thread come in multiples of this (kernel tiles) */
+/* Below this much attention work (dot products times head dim) one thread
+ * does it: a dispatch costs more than it saves. */
+#define ATTN_PARALLEL_MIN (1 << 16)
+
+typedef struct layer_w {
+    const float *attn_norm, *ffn_norm;
+    kn_weight wq, wk, wv, wo, gate, up, down;
+} layer_w;
+
+struct llm_model {
+    gguf_file *gf;
+    tok *tk;
+    llm_hparams hp;
+    kn_weight tok_embd, output;
+    const float *output_norm;
+    layer_w *layers;
+    uint8_t digest[16];
+    uint64_t file_bytes;
+    char name[128];
+};
+
+/* ---- loading ---- */
+
+static int get_dim(const gguf_file *f, const char *key, int min, int max, int *out, char *err,
+                   size_t errlen)
+{
+    uint32_t v;
+    int rc = gguf_get_u32(f, key, &v);
+    if (rc == FB_ENOENT)
+        return fb_errf(err, errlen, FB_ECORRUPT, "model has no %s", key);
+    if (rc < 0 || v < (uint32_t)min || v > (uint32_t)max)
+        return fb_errf(err, errlen, FB_ECORRUPT, "model %s must be an integer in %d..%d", key, min,
+                       max);
+    *out = (int)v;
+    return 0;
+}
+
+static size_t type_row_bytes(int type, uint64_t n)
+{
+    switch (type) {
+    case KN_F32:
+        return (size_t)n * 4;
+    case KN_F16:
+        return (size_t)n * 2;
+    case KN_Q8_0:
+        return (size_t)(n / KN_QK) * sizeof(kn_q8);
+    default:
+        return 0;
+    }
+}
+
+/* Find tensor name with shape [ne0, ne1] (ne1 = 1 for vectors). */
+static int bind(const llm_model *m, const char *name, uint64_t ne0, uint64_t ne1,
+                const gguf_tensor **out, char *err, size_t errlen)
+{
+    const gguf_tensor *t = gguf_find_tensor(m->gf, name);
+    if (!t)
+        return fb_errf(err, errlen, FB_ECORRUPT, "model has no tensor %s", name);
+    if (t->ne[0] != ne0 || t->ne[1] != ne1 || t->ne[2] != 1 || t->ne[3] != 1)
+        return fb_errf(err, errlen, FB_ECORRUPT,
+                       "tensor %s has shape [%llu, %llu, %llu, %llu], expected [%llu, %llu]", name,
+                       (unsigned long long)t->ne[0], (unsigned long long)t->ne[1],
+                       (unsigned long long)t->ne[2], (unsigned long long)t->ne[3],
+                       (unsigned long long)ne0, (unsigned long long)ne1);
+    *out = t;
+    return 0;
+}
+
+static int bind_vec(const llm_model *m, const char *name, uint64_t n, const float **out, char *err,
+                    size_t errlen)
+{
+    const gguf_tensor *t;
+    int rc = bind(m, name, n, 1, &t, err, errlen);
+    if (rc < 0)
+        return rc;
+    if (t->type != GGUF_TENSOR_F32)
+        return fb_errf(err, errlen, FB_ECORRUPT, "tensor %s is %s; norm weights must be F32", name,
+                       gguf_tensor_type_name(t->type));
+    *out = t->data;
+    return 0;
+}
+
+static int bind_mat(const llm_model *m, const char *name, int n_in, int n_out, kn_weight *w,
+                    char *err, size_t errlen)
+{
+    const gguf_tensor *t;
+    int rc = bind(m, name, (uint64_t)n_in, (uint64_t)n_out, &t, err, errlen);
+    if (rc < 0)
+        return rc;
+    if (t->type == GGUF_TENSOR_Q8_0 && n_in % KN_QK != 0)
+        return fb_errf(err, errlen, FB_ECORRUPT, "tensor %s is Q8_0 but has %d columns", name,
+                       n_in);
+    w->type = (int)t->type;
+    w->n_in = n_in;
+    w->n_out = n_out;
+    w->row_bytes = type_row_bytes(w->type, (uint64_t)n_in);
+    w->data = t->data;
+    if (w->row_bytes == 0)
+        return fb_errf(err, errlen, FB_ECORRUPT, "tensor %s has unsupported type %s", name,
+                       gguf_tensor_type_name(t->type));
+    return 0;
+}
+
+static int load_hparams(llm_model *m, char *err, size_t errlen)
+{
+    const char *arch;
+    size_t alen;
+    if (gguf_get_str(m->gf, "general.architecture", &arch, &alen) < 0)
+        return fb_errf(err, errlen, FB_ECORRUPT, "model has no general.architecture");
+    if (alen != 5 || memcmp(arch, "llama", 5) != 0)
+        return fb_errf(err, errlen, FB_EINVAL,
+                       "model architecture is \"%.*s\"; only \"llama\" is supported",
+                       (int)(alen > 32 ? 32 : alen), arch);
+    llm_hparams *hp = &m->hp;
+    int rc;
+    if ((rc = get_dim(m->gf, "llama.embedding_length", 1, 1 << 16, &hp->n_embd, err, errlen)) < 0 ||
+        (rc = get_dim(m->gf, "llama.block_count", 1, 1024, &hp->n_layer, err, errlen)) < 0 ||
+        (rc = get_dim(m->gf, "llama.feed_forward_length", 1, 1 << 18, &hp->n_ff, err, errlen)) <
+            0 ||
+        (rc = get_dim(m->gf, "llama.attention.head_count", 1, 1024, &hp->n_head, err, errlen)) <
+            0 ||
+        (rc = get_dim(m->gf, "llama.context_length", 1, 1 << 20, &hp->n_ctx_train, err, errlen)) <
+            0)
+        return rc;
+    hp->n_head_kv = hp->n_head;
+    if (gguf_find_kv(m->gf, "llama.attention.head_count_kv") &&
+        (rc = get_dim(m->gf, "llama.attention.head_count_kv", 1, hp->n_head, &hp->n_head_kv, err,
+                      errlen)) < 0)
+        return rc;
+    if (hp->n_embd % hp->n_head != 0)
+        return fb_errf(err, errlen, FB_ECORRUPT,
+                       "embedding length %d is not a multiple of the head count %d", hp->n_embd,
+                       hp->n_head);
+    if (hp->n_head % hp->n_head_kv != 0)
+        return fb_errf(err, errlen, FB_ECORRUPT,
+                       "head count %d is not a multiple of the KV head count %d", hp->n_head,
+                       hp->n_head_kv);
+    hp->head_dim = hp->n_embd / hp->n_head;
+    hp->n_rot = hp->head_dim;
+    if (gguf_find_kv(m->gf, "llama.rope.dimension_count") &&
+        (rc = get_dim(m->gf, "llama.rope.dimension_count", 2, hp->head_dim, &hp->n_rot, err,
+                      errlen)) < 0)
+        return rc;
+    if (hp->n_rot % 2 != 0)
+        return fb_errf(err, errlen, FB_ECORRUPT, "rope dimension count %d is odd", hp->n_rot);
+    hp->rms_eps = 1e-5f;
+    hp->rope_base = 10000.0f;
+    if (gguf_find_kv(m->gf, "llama.attention.layer_norm_rms_epsilon") &&
+        (gguf_get_f32(m->gf, "llama.attention.layer_norm_rms_epsilon", &hp->rms_eps) < 0 ||
+         !(hp->rms_eps >= 0 && hp->rms_eps < 1)))
+        return fb_errf(err, errlen, FB_ECORRUPT, "llama.attention.layer_norm_rms_epsilon is bad");
+    if (gguf_find_kv(m->gf, "llama.rope.freq_base") &&
+        (gguf_get_f32(m->gf, "llama.rope.freq_base", &hp->rope_base) < 0 ||
+         !(hp->rope_base > 1 && hp->rope_base < 1e12f)))
+        return fb_errf(err, errlen, FB_ECORRUPT, "llama.rope.freq_base is bad");
+    hp->n_vocab = (int)tok_n_vocab(m->tk);
+    return 0;
+}
+
+static int load_tensors(llm_model *m, char *err, size_t errlen)
+{
+    llm_hparams *hp = &m->hp;
+    int rc;
+    int n_kv = hp->n_head_kv * hp->head_dim;
+    if ((rc = bind_mat(m, "token_embd.weight", hp->n_embd, hp->n_vocab, &m->tok_embd, err,
+                       errlen)) < 0 ||
+        (rc = bind_vec(m, "output_norm.weight", (uint64_t)hp->n_embd, &m->output_norm, err,
+                       errlen)) < 0)
+        return rc;
+    hp->tied_output = gguf_find_tensor(m->gf, "output.weight") == NULL;
+    if (hp->tied_output)
+        m->output = m->tok_embd;
+    else if ((rc = bind_mat(m, "output.weight", hp->n_embd, hp->n_vocab, &m->output, err, errlen)) <
+             0)
+        return rc;
+    m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
+    if (!m->layers)
+        return fb_errf(err, errlen, FB_ENOMEM, "out of memory");
+    for (int l = 0; l < hp->n_layer; l++) {
+        layer_w *L = &m->layers[l];
+        char name[64];
+#define NAME(s) (snprintf(name, sizeof name, "blk.%d.%s.weight", l, s), name)
+        if ((rc = bind_vec(m, NAME("attn_norm"), (uint64_t)hp->n_embd, &L->attn_norm, err,
+                           errlen)) < 0 ||
+            (rc = bind_vec(m, NAME("ffn_norm"), (uint64_t)hp->n_embd, &L->ffn_norm, err, errlen)) <
+                0 ||
+            (rc = bind_mat(m, NAME("attn_q"), hp->n_embd, hp->n_embd, &L->wq, err, errlen)) < 0 ||
+            (rc = bind_mat(m, NAME("attn_k"), hp->n_embd, n_kv, &L->wk, err, errlen)) < 0 ||
+            (rc = bind_mat(m, NAME("attn_v"), hp->n_embd, n_kv, &L->wv, err, errlen)) < 0 ||
+            (rc = bind_mat(m, NAME("attn_output"), hp->n_embd, hp->n_embd, &L->wo, err, errlen)) <
+                0 ||
+            (rc = bind_mat(m, NAME("ffn_gate"), hp->n_embd, hp->n_ff, &L->gate, err, errlen)) < 0 ||
+            (rc = bind_mat(m, NAME("ffn_up"), hp->n_embd, hp->n_ff, &L->up, err, errlen)) < 0 ||
+            (rc = bind_mat(m, NAME("ffn_down"), hp->n_ff, hp->n_embd, &L->down, err, errlen)) < 0)
+            return rc;
+#undef NAME
+    }
+    hp->weight_type = m->layers[0].wq.type;
+    return 0;
+}
+
+static int hash_file(llm_model *m, const char *path, char *err, size_t errlen)
+{
+    FILE *fp = fopen(path, "rb");
+    if (!fp)
+        return fb_errf(err, errlen, FB_EIO, "%s: cannot reopen to hash it", path);
+    XXH3_state_t *st = XXH3_createState();
+    unsigned char *buf = malloc(1 << 16);
+    int rc = st && buf ? 0 : FB_ENOMEM;
+    if (rc == 0)
+        XXH3_128bits_reset(st);
+    size_t n;
+    m->file_bytes = 0;
+    while (rc == 0 && (n = fread(buf, 1, 1 << 16, fp)) > 0) {
+        XXH3_128bits_update(st, buf, n);
+        m->file_bytes += n;
+    }
+    if (rc == 0 && ferror(fp))
+        rc = fb_errf(err, errlen, FB_EIO, "%s: read error while hashing", path);
+    if (rc == 0) {
+        XXH128_canonical_t c;
+        XXH128_canonicalFromHash(&c, XXH3_128bits_digest(st));
+        memcpy(m->digest, c.digest, sizeof m->digest);
+    }
+    XXH3_freeState(st);
+    free(buf);
+    fclose(fp);
+    return rc == FB_ENOMEM ? fb_errf(err, errlen, rc, "out of memory") : rc;
+}
+
+int llm_model_load(const char *path, llm_model **out, char *err, size_t errlen)
+{
+    llm_model *m = calloc(1, sizeof *m);
+    if (!m)
+        return fb_errf(err, errlen, FB_ENOMEM, "out of memory");
+    int rc = gguf_open(path, &m->gf, err, errlen);
+    if (rc == 0)
+        rc = tok_from_gguf(m->gf, &m->tk, err, errlen);
+    if (rc == 0)
+        rc = load_hparams(m, err, errlen);
+    if (rc == 0)
+        rc = load_tensors(m, err, errlen);
+    if (rc == 0)
+        rc = hash_file(m, path, err, errlen);
+    if (rc < 0) {
+        llm_model_free(m);
+        return rc;
+    }
+    const char *nm;
+    size_t nlen;
+    if (gguf_get_str(m->gf, "general.name", &nm, &nlen) == 0 && nlen > 0) {
+        snprintf(m->name, sizeof m->name, "%.*s", (int)(nlen < 127 ? nlen : 127), nm);
+    } else {
+        const char *base = strrchr(path, '/');
+        snprintf(m->name, sizeof m->name, "%s", base ? base + 1 : path);
+    }
+    *out = m;
+    return 0;
+}
+
+void llm_model_free(llm_model *m)
+{
+    if (!m)
+        return;
+    free(m->layers);
+    tok_free(m->tk);
+    gguf_close(m->gf);
+    free(m);
+}
+
+const llm_hparams *llm_model_hparams(const llm_model *m)
+{
+    return &m->hp;
+}
+const tok *llm_model_tok(const llm_model *m)
+{
+    return m->tk;
+}
+const uint8_t *llm_model_digest(const llm_model *m)
+{
+    return m->digest;
+}
+uint64_t llm_model_file_bytes(const llm_model *m)
+{
+    return m->file_bytes;
+}
+const char *llm_model_name(const llm_model *m)
+{
+    return m->name;
+}
+
+/* ---- contexts ---- */
+
+/* Where a batch row (one token) belongs. */
+typedef struct row_info {
+    int slot;
+    int pos;
+} row_info;
+
+struct llm_ctx {
+    const llm_model *m;
+    const kn_ops *ops;
+    kn_pool *pool;
+    int n_slots, n_ctx, max_tokens;
+    int *slot_pos;
+    float *k_cache, *v_cache; /* [slot][layer][pos][n_kv] */
+    size_t kv_slot_stride, kv_layer_stride;
+    /* scratch, max_tokens rows each */
+    float *x, *xb, *q, *k, *v, *att, *gate, *up, *logit_rows;
+    kn_q8 *xq;     /* quantized activations, max_tokens rows of n_max/32 blocks */
+    size_t xq_row; /* blocks per row of xq */
+    float *scores; /* per thread: n_ctx attention scores */
+    row_info *rows;
+};
+
+int llm_ctx_new(const llm_model *m, const llm_ctx_params *p, llm_ctx **out, char *err,
+                size_t errlen)
+{
+    const llm_hparams *hp = &m->hp;
+    if (p->n_slots < 1 || p->n_slots > LLM_MAX_SLOTS)
+        return fb_errf(err, errlen, FB_EINVAL, "slots must be 1..%d, not %d", LLM_MAX_SLOTS,
+                       p->n_slots);
+    if (p->n_threads < 1 || p->n_threads > 256)
+        return fb_errf(err, errlen, FB_EINVAL, "threads must be 1..256, not %d", p->n_threads);
+    if (p->max_tokens < 0 || p->max_tokens > 1 << 16 || p->n_ctx < 0)
+        return fb_errf(err, errlen, FB_EINVAL, "bad max_tokens %d or n_ctx %d", p->max_tokens,
+                       p->n_ctx);
+    const kn_ops *ops = p->path < 0 ? kn_ops_best() : kn_ops_get(p->path);
+    if (!ops)
+        return fb_errf(err, errlen, FB_EINVAL, "kernel path %d is not available on this CPU",
+                       p->path);
+    llm_ctx *c = calloc(1, sizeof *c);
+    if (!c)
+        return fb_errf(err, errlen, FB_ENOMEM, "out of memory");
+    c->m = m;
+    c->ops = ops;
+    c->n_slots = p->n_slots;
+    c->n_ctx = p->n_ctx == 0 || p->n_ctx > hp->n_ctx_train ? hp->n_ctx_train : p->n_ctx;
+    c->max_tokens = p->max_tokens ? p->max_tokens : LLM_DEFAULT_MAX_TOKENS;
+    size_t T = (size_t)c->max_tokens;
+    size_t n_kv = (size_t)hp->n_head_kv * (size_t)hp->head_dim;
+    size_t n_max = (size_t)(hp->n_ff > hp->n_embd ? hp->n_ff : hp->n_embd);
+    c->kv_layer_stride = (size_t)c->n_ctx * n_kv;
+    c->kv_slot_stride = c->kv_layer_stride * (size_t)hp->n_layer;
+    c->xq_row = (n_max + KN_QK - 1) / KN_QK;
+    int rc = kn_pool_new(p->n_threads, &c->pool);
+    c->slot_pos = calloc((size_t)c->n_slots, sizeof *c->slot_pos);
+    c->k_cache = malloc(c->kv_slot_stride * (size_t)c->n_slots * sizeof(float));
+    c->v_cache = malloc(c->kv_slot_stride * (size_t)c->n_slots * sizeof(float));
+    c->x = malloc(T * (size_t)hp->n_embd * sizeof(float));
+    c->xb = malloc(T * (size_t)hp->n_embd * sizeof(float));
+    c->q = malloc(T * (size_t)hp->n_embd * sizeof(float));
+    c->att = malloc(T * (size_t)hp->n_embd * sizeof(float));
+    c->k = malloc(T * n_kv * sizeof(float));
+    c->v = malloc(T * n_kv * sizeof(float));
+    c->gate = malloc(T * (size_t)hp->n_ff * sizeof(float));
+    c->up = malloc(T * (size_t)hp->n_ff * sizeof(float));
+    c->logit_rows = malloc(T * (size_t)hp->n_vocab * sizeof(float));
+    c->xq = malloc(T * c->xq_row * sizeof(kn_q8));
+    c->scores = malloc((size_t)p->n_threads * (size_t)c->n_ctx * sizeof(float));
+    c->rows = malloc(T * sizeof *c->rows);
+    if (rc < 0 || !c->slot_pos || !c->k_cache || !c->v_cache || !c->x || !c->xb || !c->q ||
+        !c->att || !c->k || !c->v || !c->gate || !c->up || !c->logit_rows || !c->xq || !c->scores ||
+        !c->rows) {
+        llm_ctx_free(c);
+        return fb_errf(err, errlen, FB_ENOMEM,
+                       "out of memory for %d slots of %d positions (KV cache %.1f MiB)", p->n_slots,
+                       c->n_ctx, 2.0 * (double)c->kv_slot_stride * p->n_slots * 4 / (1 << 20));
+    }
+    *out = c;
+    return 0;
+}
+
+void llm_ctx_free(llm_ctx *c)
+{
+    if (!c)
+        return;
+    kn_pool_free(c->pool);
+    free(c->slot_pos);
+    free(c->k_cache);
+    free(c->v_cache);
+    free(c->x);
+    free(c->xb);
+    free(c->q);
+    free(c->att);
+    free(c->k);
+    free(c->v);
+    free(c->gate);
+    free(c->up);
+    free(c->logit_rows);
+    free(c->xq);
+    free(c->scores);
+    free(c->rows);
+    free(c);
+}
+
+int llm_ctx_n_ctx(const llm_ctx *c)
+{
+    return c->n_ctx;
+}
+int llm_ctx_n_slots(const llm_ctx *c)
+{
+    return c->n_slots;
+}
+int llm_ctx_max_tokens(const llm_ctx *c)
+{
+    return c->max_tokens;
+}
+const char *llm_ctx_path_name(const llm_ctx *c)
+{
+    return c->ops->name;
+}
+
+uint64_t llm_ctx_kv_bytes(const llm_ctx *c)
+{
+    return 2ull * c->kv_slot_stride * (uint64_t)c->n_slots * sizeof(float);
+}
+
+void llm_ctx_reset_slot(llm_ctx *c, int slot)
+{
+    if (slot >= 0 && slot < c->n_slots)
+        c->slot_pos[slot] = 0;
+}
+
+int llm_ctx_slot_pos(const llm_ctx *c, int slot)
+{
+    return slot >= 0 && slot < c->n_slots ? c->slot_pos[slot] : -1;
+}
+
+/* ---- the forward pass ---- */
+
+/* Up to three matmuls sharing one input, split across the pool by output
+ * rows of their concatenation. */
+typedef struct mm_job {
+    const kn_ops *ops;
+    int n;
+    const kn_weight *w[3];
+    float *y[3];
+    const void *x;
+    size_t x_stride;
+    int n_tok;
+} mm_job;
+
+static void mm_task(void *arg, int ith, int nth)
+{
+    const mm_job *j = arg;
+    int total = 0;
+    for (int i = 0; i < j->n; i++)
+        total += j->w[i]->n_out;
+    int r0, r1;
+    kn_split(total, ROW_ALIGN, ith, nth, &r0, &r1);
+    int base = 0;
+    for (int i = 0; i < j->n && r0 < r1; i++) {
+        int n_out = j->w[i]->n_out;
+        int a = r0 > base ? r0 - base : 0;
+        int b = r1 - base < n_out ? r1 - base : n_out;
+        if (a < b)
+            j->ops->matmul(j->w[i], a, b, j->x, j->x_stride, j->n_tok, j->y[i], (size_t)n_out);
+        base += n_out;
+    }
+}
+
+/* Prepare the input rows for weights of w's type: quantized blocks for Q8_0,
+ * the floats themselves otherwise. */
+static void mm_input(llm_ctx *c, const kn_weight *w, const float *x, int n_tok, mm_job *j)
+{
+    j->n_tok = n_tok;
+    if (w->type == KN_Q8_0) {
+        for (int t = 0; t < n_tok; t++)
+            c->ops->quantize_q8(x + (size_t)t * (size_t)w->n_in, c->xq + (size_t)t * c->xq_row,
+                                w->n_in);
+        j->x = c->xq;
+        j->x_stride = c->xq_row * sizeof(kn_q8);
+    } else {
+        j->x = x;
+        j->x_stride = (size_t)w->n_in * sizeof(float);
+    }
+}
+
+/* y_i = w_i x for up to three weights of one type and input width. */
+static void matmuls(llm_ctx *c, const float *x, int n_tok, int n, const kn_weight *w0, float *y0,
+                    const kn_weight *w1, float *y1, const kn_weight *w2, float *y2)
+{
+    mm_job j = {.ops = c->ops, .n = n, .w = {w0, w1, w2}, .y = {y0, y1, y2}};
+    /* Fused weights must agree on type and width to share the input. */
+    for (int i = 1; i < n; i++)
+        if (j.w[i]->type != w0->type || j.w[i]->n_in != w0->n_in)
+            j.n = 1;
+    mm_input(c, w0, x, n_tok, &j);
+    kn_pool_run(c->pool, mm_task, &j);
+    for (int i = j.n; i < n; i++) /* mismatched types: one at a time */
+        matmuls(c, x, n_tok, 1, j.w[i], j.y[i], NULL, NULL, NULL, NULL);
+}
+
+typedef struct attn_job {
+    llm_ctx *c;
+    int layer, n_tok;
+} attn_job;
+
+/* Attention for (token, head) pairs ith, ith + nth, ...: causal over the
+ * token's own slot, whose cache already holds this step's keys and values. */
+static void attn_task(void *arg, int ith, int nth)
+{
+    const attn_job *j = arg;
+    llm_ctx *c = j->c;
+    const llm_hparams *hp = &c->m->hp;
+    int hd = hp->head_dim, n_kv = hp->n_head_kv * hd, group = hp->n_head / hp->n_head_kv;
+    float scale = 1.0f / sqrtf((float)hd);
+    float *sc = c->scores + (size_t)ith * (size_t)c->n_ctx;
+    for (int i = ith; i < j->n_tok * hp->n_head; i += nth) {
+        int t = i / hp->n_head, h = i % hp->n_head;
+        const row_info *r = &c->rows[t];
+        size_t base = (size_t)r->slot * c->kv_slot_stride + (size_t)j->layer * c->kv_layer_stride +
+                      (size_t)(h / group) * (size_t)hd;
+        const float *q = c->q + (size_t)t * (size_t)hp->n_embd + (size_t)h * (size_t)hd;
+        int n = r->pos + 1;
+        for (int p = 0; p < n; p++)
+            sc[p] = c->ops->dot_f32(q, c->k_cache + base + (size_t)p * (size_t)n_kv, hd);
+        kn_softmax(sc, n, scale);
+        float *o = c->att + (size_t)t * (size_t)hp->n_embd + (size_t)h * (size_t)hd;
+        memset(o, 0, (size_t)hd * sizeof(float));
+        for (int p = 0; p < n; p++)
+            c->ops->axpy(hd, sc[p], c->v_cache + base + (size_t)p * (size_t)n_kv, o);
+    }
+}
+
+static void attention(llm_ctx *c, int layer, int n_tok)
+{
+    const llm_hparams *hp = &c->m->hp;
+    int n_kv = hp->n_head_kv * hp->head_dim;
+    long work = 0;
+    for (int t = 0; t < n_tok; t++) {
+        const row_info *r = &c->rows[t];
+        float *q = c->q + (size_t)t * (size_t)hp->n_embd;
+        float *k = c->k + (size_t)t * (size_t)n_kv;
+        kn_rope(q, hp->n_head, hp->head_dim, hp->n_rot, r->pos, hp->rope_base);
+        kn_rope(k, hp->n_head_kv, hp->head_dim, hp->n_rot, r->pos, hp->rope_base);
+        size_t at = (size_t)r->slot * c->kv_slot_stride + (size_t)layer * c->kv_layer_stride +
+                    (size_t)r->pos * (size_t)n_kv;
+        memcpy(c->k_cache + at, k, (size_t)n_kv * sizeof(float));
+        memcpy(c->v_cache + at, c->v + (size_t)t * (size_t)n_kv, (size_t)n_kv * sizeof(float));
+        work += (long)(r->pos + 1) * hp->n_head * hp->head_dim;
+    }
+    attn_job j = {.c = c, .layer = layer, .n_tok = n_tok};
+    if (work >= ATTN_PARALLEL_MIN && kn_pool_threads(c->pool) > 1)
+        kn_pool_run(c->pool, attn_task, &j);
+    else
+        attn_task(&j, 0, 1);
+}
+
+static void add_rows(float *x, const float *y, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = x[i] + y[i];
+}
+
+static void layer_forward(llm_ctx *c, int l, int n_tok)
+{
+    const llm_hparams *hp = &c->m->hp;
+    const layer_w *L = &c->m->layers[l];
+    size_t E = (size_t)hp->n_embd, F = (size_t)hp->n_ff;
+    for (int t = 0; t < n_tok; t++)
+        kn_rmsnorm(c->x + t * E, L->attn_norm, c->xb + t * E, hp->n_embd, hp->rms_eps);
+    matmuls(c, c->xb, n_tok, 3, &L->wq, c->q, &L->wk, c->k, &L->wv, c->v);
+    attention(c, l, n_tok);
+    matmuls(c, c->att, n_tok, 1, &L->wo, c->xb, NULL, NULL, NULL, NULL);
+    add_rows(c->x, c->xb, (size_t)n_tok * E);
+    for (int t = 0; t < n_tok; t++)
+        kn_rmsnorm(c->x + t * E, L->ffn_norm, c->xb + t * E, hp->n_embd, hp->rms_eps);
+    matmuls(c, c->xb, n_tok, 2, &L->gate, c->gate, &L->up, c->up, NULL, NULL);
+    for (int t = 0; t < n_tok; t++)
+        kn_swiglu(c->gate + t * F, c->up + t * F, c->gate + t * F, hp->n_ff);
+    matmuls(c, c->gate, n_tok, 1, &L->down, c->xb, NULL, NULL, NULL, NULL);
+    add_rows(c->x, c->xb, (size_t)n_tok * E);
+}
+
+static int check_batch(const llm_ctx *c, const llm_seq *seqs, int n_seqs, int *n_tok, char *err,
+                       size_t errlen)
+{
+    int total = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        const llm_seq *q = &seqs[s];
+        if (q->slot < 0 || q->slot >= c->n_slots)
+            return fb_errf(err, errlen, FB_EINVAL, "slot %d out of range 0..%d", q->slot,
+                           c->n_slots - 1);
+        for (int o = 0; o < s; o++)
+            if (seqs[o].slot == q->slot)
+                return fb_errf(err, errlen, FB_EINVAL, "slot %d appears twice in one batch",
+                               q->slot);
+        if (q->n_tokens < 1 || !q->tokens)
+            return fb_errf(err, errlen, FB_EINVAL, "slot %d: no tokens", q->slot);
+        if (q->n_tokens > c->max_tokens - total)
+            return fb_errf(err, errlen, FB_ETOOBIG, "batch holds more than %d tokens",
+                           c->max_tokens);
+        if (q->n_tokens > c->n_ctx - c->slot_pos[q->slot])
+            return fb_errf(err, errlen, FB_ETOOBIG,
+                           "slot %d: %d + %d tokens exceed the context of %d", q->slot,
+                           c->slot_pos[q->slot], q->n_tokens, c->n_ctx);
+        for (int i = 0; i < q->n_tokens; i++)
+            if (q->tokens[i] < 0 || q->tokens[i] >= c->m->hp.n_vocab)
+                return fb_errf(err, errlen, FB_EINVAL, "token id %d out of range 0..%d",
+                               q->tokens[i], c->m->hp.n_vocab - 1);
+        total += q->n_tokens;
+    }
+    if (total == 0)
+        return fb_errf(err, errlen, FB_EINVAL, "empty batch");
+    *n_tok = total;
+    return 0;
+}
+
+int llm_decode(llm_ctx *c, const llm_seq *seqs, int n_seqs, char *err, size_t errlen)
+{
+    const llm_model *m = c->m;
+    const llm_hparams *hp = &m->hp;
+    size_t E = (size_t)hp->n_embd;
+    int n_tok = 0;
+    int rc = check_batch(c, seqs, n_seqs, &n_tok, err, errlen);
+    if (rc < 0)
+        return rc;
+    int t = 0;
+    for (int s = 0; s < n_seqs; s++)
+        for (int i = 0; i < seqs[s].n_tokens; i++, t++) {
+            c->rows[t] = (row_info){.slot = seqs[s].slot, .pos = c->slot_pos[seqs[s].slot] + i};
+            const char *row =
+                (const char *)m->tok_embd.data + (size_t)seqs[s].tokens[i] * m->tok_embd.row_bytes;
+            kn_row_to_f32(m->tok_embd.type, row, c->x + (size_t)t * E, hp->n_embd);
+        }
+    for (int l = 0; l < hp->n_layer; l++)
+        layer_forward(c, l, n_tok);
+    /* Final norm and output projection, only for the rows whose logits are
+     * wanted (gathered into xb so the projection runs once for all). */
+    int n_out = 0;
+    t = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        for (int i = 0; i < seqs[s].n_tokens; i++, t++) {
+            bool want = seqs[s].logits && (seqs[s].logits_all || i == seqs[s].n_tokens - 1);
+            if (want)
+                kn_rmsnorm(c->x + (size_t)t * E, m->output_norm, c->xb + (size_t)n_out++ * E,
+                           hp->n_embd, hp->rms_eps);
+        }
+    }
+    if (n_out > 0)
+        matmuls(c, c->xb, n_out, 1, &m->output, c->logit_rows, NULL, NULL, NULL, NULL);
+    size_t V = (size_t)hp->n_vocab;
+    const float *src = c->logit_rows;
+    for (int s = 0; s < n_seqs; s++) {
+        if (seqs[s].logits) {
+            size_t rows = seqs[s].logits_all ? (size_t)seqs[s].n_tokens : 1;
+            memcpy(seqs[s].logits, src, rows * V * sizeof(float));
+            src += rows * V;
+        }
+        c->slot_pos[seqs[s].slot] += seqs[s].n_tokens;
+    }
+    return 0;
+}

@@ -1,0 +1,105 @@
+/* model.h - a llama-family model loaded from GGUF, and decoding contexts that
+ * run the forward pass for several sequences at once.
+ *
+ * Forward pass (llama): token embedding; per layer, RMSNorm -> Q, K, V
+ * projections -> RoPE on Q and K -> causal grouped-query attention over the
+ * sequence's KV cache -> output projection -> residual add; RMSNorm ->
+ * SwiGLU feed-forward (gate, up, down) -> residual add; final RMSNorm ->
+ * output projection (or the token embedding when the model ties them).
+ * Weights may be F32, F16 or Q8_0 (norms F32); the KV cache is F32.
+ *
+ * Determinism: every number a sequence's logits depend on is computed from
+ * that sequence's own rows by the kernels of kernels.h, whose reduction
+ * orders are fixed.  So a sequence's logits are bit-identical whatever the
+ * thread count, the CPU path (scalar or SIMD), or the other sequences decoded
+ * in the same llm_decode call.
+ *
+ * Ownership and threads: an llm_model is immutable after load (it owns the
+ * GGUF mapping and the tokenizer) and may be shared by any number of
+ * contexts.  An llm_ctx owns its KV caches, scratch buffers and thread pool;
+ * it is used by one thread at a time.
+ */
+#ifndef FB_MODEL_H
+#define FB_MODEL_H
+
+#include "tokenizer.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct llm_hparams {
+    int n_vocab;
+    int n_embd;
+    int n_layer;
+    int n_head;
+    int n_head_kv;
+    int head_dim; /* n_embd / n_head */
+    int n_ff;
+    int n_rot;       /* rotary dimensions per head (llama.rope.dimension_count) */
+    int n_ctx_train; /* llama.context_length */
+    float rms_eps;
+    float rope_base;
+    int weight_type; /* type of the attention Q weights, as a summary: KN_* */
+    bool tied_output;
+} llm_hparams;
+
+typedef struct llm_model llm_model;
+
+/* Load and validate: architecture "llama", every hyperparameter, every
+ * tensor's presence, type and shape.  A bad file is a clear error. */
+int llm_model_load(const char *path, llm_model **out, char *err, size_t errlen);
+void llm_model_free(llm_model *m);
+const llm_hparams *llm_model_hparams(const llm_model *m);
+const tok *llm_model_tok(const llm_model *m);
+/* XXH3-128 of the whole file (16 bytes): identifies the model in cache keys
+ * and in results returned through consensus. */
+const uint8_t *llm_model_digest(const llm_model *m);
+uint64_t llm_model_file_bytes(const llm_model *m);
+const char *llm_model_name(const llm_model *m); /* general.name or the file name */
+
+#define LLM_MAX_SLOTS 256
+#define LLM_DEFAULT_MAX_TOKENS 256 /* tokens per llm_decode call */
+
+typedef struct llm_ctx_params {
+    int n_slots;    /* sequences held at once, each with its own KV cache (>= 1) */
+    int n_ctx;      /* positions per slot; 0 or more than the model's: the model's */
+    int n_threads;  /* threads, counting the caller (>= 1) */
+    int path;       /* -1: the fastest this CPU has; else KN_PATH_* */
+    int max_tokens; /* most tokens in one llm_decode call; 0: LLM_DEFAULT_MAX_TOKENS */
+} llm_ctx_params;
+
+typedef struct llm_ctx llm_ctx;
+
+int llm_ctx_new(const llm_model *m, const llm_ctx_params *p, llm_ctx **out, char *err,
+                size_t errlen);
+void llm_ctx_free(llm_ctx *c);
+int llm_ctx_n_ctx(const llm_ctx *c);
+int llm_ctx_n_slots(const llm_ctx *c);
+int llm_ctx_max_tokens(const llm_ctx *c);
+const char *llm_ctx_path_name(const llm_ctx *c); /* "scalar", "avx2", ... */
+uint64_t llm_ctx_kv_bytes(const llm_ctx *c);     /* KV cache memory, all slots */
+
+/* Forget a slot's sequence (its next token goes to position 0). */
+void llm_ctx_reset_slot(llm_ctx *c, int slot);
+/* Positions filled in a slot. */
+int llm_ctx_slot_pos(const llm_ctx *c, int slot);
+
+/* One sequence's share of a decode step: n_tokens tokens appended to slot at
+ * its current position.  logits, when not NULL, receives n_vocab floats for
+ * the last token, or n_tokens * n_vocab (row i for token i) with logits_all. */
+typedef struct llm_seq {
+    int slot;
+    const int32_t *tokens;
+    int n_tokens;
+    float *logits;
+    bool logits_all;
+} llm_seq;
+
+/* Run the forward pass for n_seqs sequences together (weights streamed once
+ * for all of them).  Errors, with nothing changed: FB_EINVAL (slot out of
+ * range or repeated, token id out of range, n_tokens < 1), FB_ETOOBIG (more
+ * than max_tokens in all, or a slot would pass n_ctx). */
+int llm_decode(llm_ctx *c, const llm_seq *seqs, int n_seqs, char *err, size_t errlen);
+
+#endif
