@@ -31,7 +31,7 @@ static float bits_f32(uint32_t u)
 
 /* NaNs come out quiet with the payload kept, as vcvtph2ps does, so both
  * paths agree even on a NaN scale. */
-float kn_fp16_to_f32(uint16_t h)
+static inline float half_to_f32(uint16_t h)
 {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16;
     uint32_t exp = (h >> 10) & 0x1f;
@@ -44,6 +44,11 @@ float kn_fp16_to_f32(uint16_t h)
     if (exp == 31)
         return bits_f32(sign | 0x7f800000u | (mant ? 0x400000u | (mant << 13) : 0));
     return bits_f32(sign | ((exp + 112) << 23) | (mant << 13));
+}
+
+float kn_fp16_to_f32(uint16_t h)
+{
+    return half_to_f32(h);
 }
 
 /* Integer-only, so it does not depend on the FPU's rounding mode or
@@ -79,39 +84,54 @@ uint16_t kn_f32_to_fp16(float f)
 
 /* ---- the scalar path ---- */
 
-static float dot_f32_scalar(const float *w, const float *x, int n)
+/* The loops run over whole 32-element chunks, so that p[j] is lane j of
+ * every chunk: the same order as p[i % 32], written so that the compiler
+ * can keep p in vector registers (the lanes are independent sums, so
+ * vectorizing them reorders nothing). */
+static float tree32(float *p)
 {
-    float p[32] = {0};
-    for (int i = 0; i < n; i++)
-        p[i % 32] = p[i % 32] + w[i] * x[i];
     for (int k = 16; k >= 1; k /= 2)
         for (int j = 0; j < k; j++)
             p[j] = p[j] + p[j + k];
     return p[0];
 }
 
+static float dot_f32_scalar(const float *w, const float *x, int n)
+{
+    float p[32] = {0};
+    int i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int j = 0; j < 32; j++)
+            p[j] = p[j] + w[i + j] * x[i + j];
+    for (int j = 0; i + j < n; j++)
+        p[j] = p[j] + w[i + j] * x[i + j];
+    return tree32(p);
+}
+
 static float dot_f16_scalar(const uint16_t *w, const float *x, int n)
 {
     float p[32] = {0};
-    for (int i = 0; i < n; i++)
-        p[i % 32] = p[i % 32] + kn_fp16_to_f32(w[i]) * x[i];
-    for (int k = 16; k >= 1; k /= 2)
-        for (int j = 0; j < k; j++)
-            p[j] = p[j] + p[j + k];
-    return p[0];
+    int i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int j = 0; j < 32; j++)
+            p[j] = p[j] + half_to_f32(w[i + j]) * x[i + j];
+    for (int j = 0; i + j < n; j++)
+        p[j] = p[j] + half_to_f32(w[i + j]) * x[i + j];
+    return tree32(p);
 }
 
 static float dot_q8_scalar(const kn_q8 *w, const kn_q8 *x, int nb)
 {
     float a[8] = {0};
     for (int b = 0; b < nb; b++) {
-        float s = kn_fp16_to_f32(w[b].d) * kn_fp16_to_f32(x[b].d);
-        for (int l = 0; l < 8; l++) {
-            int32_t sum = 0;
-            for (int j = 4 * l; j < 4 * l + 4; j++)
-                sum += (int32_t)w[b].qs[j] * (int32_t)x[b].qs[j];
-            a[l] = a[l] + (float)sum * s;
-        }
+        float s = half_to_f32(w[b].d) * half_to_f32(x[b].d);
+        const int8_t *wq = w[b].qs, *xq = x[b].qs;
+        int32_t sum[8];
+        for (int l = 0; l < 8; l++)
+            sum[l] = wq[4 * l] * xq[4 * l] + wq[4 * l + 1] * xq[4 * l + 1] +
+                     wq[4 * l + 2] * xq[4 * l + 2] + wq[4 * l + 3] * xq[4 * l + 3];
+        for (int l = 0; l < 8; l++)
+            a[l] = a[l] + (float)sum[l] * s;
     }
     for (int k = 4; k >= 1; k /= 2)
         for (int j = 0; j < k; j++)
@@ -289,13 +309,13 @@ void kn_row_to_f32(int type, const void *row, float *out, int n)
     case KN_F16: {
         const uint16_t *h = row;
         for (int i = 0; i < n; i++)
-            out[i] = kn_fp16_to_f32(h[i]);
+            out[i] = half_to_f32(h[i]);
         break;
     }
     case KN_Q8_0: {
         const kn_q8 *q = row;
         for (int b = 0; b < n / KN_QK; b++) {
-            float d = kn_fp16_to_f32(q[b].d);
+            float d = half_to_f32(q[b].d);
             for (int j = 0; j < KN_QK; j++)
                 out[b * KN_QK + j] = d * (float)q[b].qs[j];
         }

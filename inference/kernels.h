@@ -146,6 +146,16 @@ int kn_pool_threads(const kn_pool *p);
 /* Run fn(arg, ith, nth) for ith = 0..nth-1 concurrently (the caller runs
  * ith = 0) and return when all have returned. */
 void kn_pool_run(kn_pool *p, kn_task_fn fn, void *arg);
+/* The same for any number of tasks: fn(arg, ith, n_tasks) for ith = 0 ..
+ * n_tasks-1.  The caller runs ith = 0, then it and the workers claim the
+ * remaining iths one at a time, so an ith runs on whichever thread claims it
+ * (each exactly once; tasks must not wait for one another).  n_tasks = 1
+ * runs on the caller and wakes no one: waking a sleeping worker costs the
+ * caller ~10 us and the worker ~30 us before it runs on a KVM guest without
+ * halt polling, more than a small matmul takes.  More tasks than threads let
+ * the caller take over the share of a worker that starts late.
+ * kn_pool_run(p, fn, arg) is kn_pool_run_tasks(p, fn, arg, threads). */
+void kn_pool_run_tasks(kn_pool *p, kn_task_fn fn, void *arg, int n_tasks);
 
 /* Split n rows into nth contiguous ranges aligned to multiples of align
  * (except the last); thread ith gets [*r0, *r1), possibly empty. */

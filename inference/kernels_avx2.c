@@ -11,7 +11,9 @@
  * sum lies in [-32512, 32512], so it never saturates and the lane sums are
  * exact for every weight byte, -128 included.  v can only be -128 when x is
  * -128 and w is negative (vpsignb cannot negate -128), and x never is:
- * kn_quantize_q8 clamps activations to [-127, 127]. */
+ * kn_quantize_q8 clamps activations to [-127, 127].  kernels_avx512.c
+ * compiles this file again with KN_VNNI, where the sums come from vpdpbusd
+ * with a bias that is exact for every int8 on both sides (see Q8_PAIR). */
 #include "kernels.h"
 
 #include <immintrin.h>
@@ -53,7 +55,8 @@ static float dot_f32_avx2(const float *w, const float *x, int n)
     int i = 0;
     for (; i + 32 <= n; i += 32)
         for (int k = 0; k < 4; k++) {
-            __m256 p = _mm256_mul_ps(_mm256_loadu_ps(w + i + 8 * k), _mm256_loadu_ps(x + i + 8 * k));
+            __m256 p =
+                _mm256_mul_ps(_mm256_loadu_ps(w + i + 8 * k), _mm256_loadu_ps(x + i + 8 * k));
             a[k] = _mm256_add_ps(a[k], p);
         }
     int rem = n - i;
@@ -96,120 +99,156 @@ static float dot_f16_avx2(const uint16_t *w, const float *x, int n)
 
 /* ---- Q8_0 ---- */
 
-/* Blocks per scale chunk: the per-pair scales of a tile are computed for
- * this many blocks at a time into a stack buffer. */
-#define Q8_CHUNK 64
-
-/* f32 of the fp16 scales of n blocks: gathered with scalar loads (cheap,
- * on the integer side), converted 8 at a time. */
-static inline void q8_scales(const kn_q8 *q, int n, float *out)
-{
-    uint16_t h[Q8_CHUNK];
-    for (int b = 0; b < n; b++)
-        h[b] = q[b].d;
-    for (int b = 0; b < n; b += 8)
-        _mm256_storeu_ps(out + b, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + b))));
-}
+/* The exact integer lane sums of one block pair need some per-row and
+ * per-token preparation that a tile shares:
+ *   AVX2:  row: u = |w| (unsigned); pair: vpmaddubsw(u, sign(x, w)), then
+ *          vpmaddwd with ones: lane l = sum over j = 4l..4l+3.
+ *   VNNI:  row: u = w ^ 0x80 = w + 128 (unsigned, 0..255); token:
+ *          c = -128 * (sum of the lane's 4 x); pair: vpdpbusd(c, u, x)
+ *          = sum (w + 128) x - 128 sum x, exact in int32 for every int8 w
+ *          and x, with no saturation anywhere. */
+#ifdef KN_VNNI
+#define Q8_ROW_PREP(wq) _mm256_xor_si256((wq), bias)
+#define Q8_TOK_PREP(xq) _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, bias, (xq)))
+#define Q8_PAIR(u, wq, xq, c) _mm256_dpbusd_epi32((c), (u), (xq))
+#else
+#define Q8_ROW_PREP(wq) _mm256_abs_epi8(wq)
+#define Q8_TOK_PREP(xq) zero
+#define Q8_PAIR(u, wq, xq, c)                                                                      \
+    _mm256_madd_epi16(_mm256_maddubs_epi16((u), _mm256_sign_epi8((xq), (wq))), ones)
+#endif
 
 /* One tile of R weight rows times T input rows, every weight block loaded
- * (and made absolute) once per tile: acc[r][t] = acc[r][t] + I * s with
- * s = wd[r] * xd[t] per block, as in kernels.h.  The scales s are computed
- * ahead for a chunk of blocks, so the inner loop is pure integer dot plus
- * one convert, multiply and add per pair.  Inlined with constant R and T so
- * that the accumulators live in registers. */
-static inline __attribute__((always_inline)) void
-q8_tile(const kn_q8 *const *wr, int R, const kn_q8 *const *xt, int T, int nb, float *y,
-        size_t y_stride)
+ * and prepared once per tile: acc[r][t] = acc[r][t] + (float)I * s with
+ * s = f32(w.d) * f32(x.d) per block, as in kernels.h.  The scales are
+ * converted in the loop (vpbroadcastw + vcvtph2ps), once per row and once
+ * per token per block.  Inlined with constant R and T (the unroll pragmas
+ * make the loops over them disappear) so that the accumulators live in
+ * registers. */
+static inline __attribute__((always_inline)) void q8_tile(const kn_q8 *const *wr, int R,
+                                                          const kn_q8 *const *xt, int T, int nb,
+                                                          float *y, size_t y_stride, const char *pf,
+                                                          int pf_lines)
 {
-    __m256 acc[4][4];
-    for (int r = 0; r < R; r++)
+    const __m256i zero = _mm256_setzero_si256();
+    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i bias = _mm256_set1_epi8((char)0x80);
+    (void)ones;
+    (void)bias;
+    __m256 acc[8][4];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) {
+#pragma GCC unroll 4
         for (int t = 0; t < T; t++)
             acc[r][t] = _mm256_setzero_ps();
-    const __m256i ones = _mm256_set1_epi16(1);
-    for (int b0 = 0; b0 < nb; b0 += Q8_CHUNK) {
-        int n = nb - b0 < Q8_CHUNK ? nb - b0 : Q8_CHUNK;
-        int n8 = (n + 7) & ~7;
-        /* 8 spare floats so the 8-wide conversion may overrun n */
-        float xd[4][Q8_CHUNK + 8], wd[Q8_CHUNK + 8], s[4][4][Q8_CHUNK];
-        for (int t = 0; t < T; t++)
-            q8_scales(xt[t] + b0, n, xd[t]);
-        for (int r = 0; r < R; r++) {
-            q8_scales(wr[r] + b0, n, wd);
-            for (int t = 0; t < T; t++)
-                for (int b = 0; b < n8; b += 8)
-                    _mm256_storeu_ps(&s[r][t][b], _mm256_mul_ps(_mm256_loadu_ps(wd + b),
-                                                                _mm256_loadu_ps(xd[t] + b)));
+    }
+    for (int b = 0; b < nb; b++) {
+        /* spread the prefetch of the next tile's rows over this tile's blocks */
+        for (int k = 0; k < pf_lines; k++)
+            _mm_prefetch(pf + (size_t)(b * pf_lines + k) * 64, _MM_HINT_T0);
+        __m256i xq[4], c[4];
+        __m256 xd[4];
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) {
+            xq[t] = _mm256_loadu_si256((const __m256i *)xt[t][b].qs);
+            c[t] = Q8_TOK_PREP(xq[t]);
+            xd[t] = _mm256_cvtph_ps(_mm_set1_epi16((short)xt[t][b].d));
         }
-        for (int b = 0; b < n; b++) {
-            __m256i xq[4];
-            for (int t = 0; t < T; t++)
-                xq[t] = _mm256_loadu_si256((const __m256i *)xt[t][b0 + b].qs);
-            for (int r = 0; r < R; r++) {
-                __m256i wq = _mm256_loadu_si256((const __m256i *)wr[r][b0 + b].qs);
-                __m256i aw = _mm256_abs_epi8(wq);
-                for (int t = 0; t < T; t++) {
-                    __m256i p16 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xq[t], wq));
-                    __m256 lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
-                    __m256 p = _mm256_mul_ps(lanes, _mm256_broadcast_ss(&s[r][t][b]));
-                    acc[r][t] = _mm256_add_ps(acc[r][t], p);
-                }
+        (void)c; /* unused on AVX2 */
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            __m256i wq = _mm256_loadu_si256((const __m256i *)wr[r][b].qs);
+            __m256i u = Q8_ROW_PREP(wq);
+            __m256 wd = _mm256_cvtph_ps(_mm_set1_epi16((short)wr[r][b].d));
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++) {
+                __m256 lanes = _mm256_cvtepi32_ps(Q8_PAIR(u, wq, xq[t], c[t]));
+                __m256 p = _mm256_mul_ps(lanes, _mm256_mul_ps(wd, xd[t]));
+                acc[r][t] = _mm256_add_ps(acc[r][t], p);
             }
         }
     }
-    for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) {
+#pragma GCC unroll 4
         for (int t = 0; t < T; t++)
             y[(size_t)t * y_stride + (size_t)r] = reduce8(acc[r][t]);
+    }
 }
 
 #define Q8_TILE_FN(R, T)                                                                           \
-    static void q8_tile_##R##x##T(const kn_q8 *const *wr, const kn_q8 *const *xt, int nb,       \
-                                  float *y, size_t y_stride)                                       \
+    static void q8_tile_##R##x##T(const kn_q8 *const *wr, const kn_q8 *const *xt, int nb,          \
+                                  float *y, size_t y_stride, const char *pf, int pf_lines)         \
     {                                                                                              \
-        q8_tile(wr, R, xt, T, nb, y, y_stride);                                                    \
+        q8_tile(wr, R, xt, T, nb, y, y_stride, pf, pf_lines);                                      \
     }
-
-Q8_TILE_FN(1, 1)
-Q8_TILE_FN(1, 2)
-Q8_TILE_FN(1, 3)
-Q8_TILE_FN(1, 4)
-Q8_TILE_FN(2, 1)
-Q8_TILE_FN(2, 2)
-Q8_TILE_FN(2, 3)
-Q8_TILE_FN(2, 4)
-Q8_TILE_FN(4, 1)
+#define Q8_TILE_ROW(R) Q8_TILE_FN(R, 1) Q8_TILE_FN(R, 2) Q8_TILE_FN(R, 3) Q8_TILE_FN(R, 4)
+Q8_TILE_ROW(1)
+Q8_TILE_ROW(2)
+Q8_TILE_ROW(4)
+Q8_TILE_ROW(8)
 
 typedef void (*q8_tile_fn)(const kn_q8 *const *wr, const kn_q8 *const *xt, int nb, float *y,
-                           size_t y_stride);
+                           size_t y_stride, const char *pf, int pf_lines);
 
-/* Tile shapes: 4 rows for a single token (independent accumulators for
- * ILP); 2 rows x up to 4 tokens otherwise (8 accumulators, each weight block
- * loaded and made absolute once for 4 tokens). */
-static void matmul_q8_avx2(const kn_weight *w, int r0, int r1, const void *x, size_t x_stride,
-                           int n_tok, float *y, size_t y_stride)
+#define Q8_TILE_FNS(R)                                                                             \
+    {                                                                                              \
+        NULL, q8_tile_##R##x1, q8_tile_##R##x2, q8_tile_##R##x3, q8_tile_##R##x4                   \
+    }
+static const q8_tile_fn q8_tiles[9][5] = {
+    [1] = Q8_TILE_FNS(1), [2] = Q8_TILE_FNS(2), [4] = Q8_TILE_FNS(4), [8] = Q8_TILE_FNS(8)};
+
+/* Tile shapes (rows for one token, rows for several): the most
+ * accumulators that fit the register file (16 ymm for AVX2, 32 with
+ * AVX-512VL) with the per-tile values beside them. */
+#ifdef KN_VNNI
+#define Q8_ROWS_1 8
+#define Q8_ROWS_T 4
+#else
+#define Q8_ROWS_1 8
+#define Q8_ROWS_T 2
+#endif
+
+/* Row tiles outer, token tiles inner: a tile's weight rows are read from
+ * memory once and stay in L1 for every token tile.  While the first token
+ * tile of a row tile runs, the next row tile's bytes are prefetched (rows are
+ * contiguous, so that is one address range): a decode step streams all the
+ * weights, far more than the caches hold, and with the hardware prefetcher
+ * alone the single-token matmul ran at a quarter of the memory bandwidth. */
+static void matmul_q8(const kn_weight *w, int r0, int r1, const void *x, size_t x_stride, int n_tok,
+                      float *y, size_t y_stride)
 {
-    static const q8_tile_fn tiles[3][5] = {
-        {NULL, q8_tile_1x1, q8_tile_1x2, q8_tile_1x3, q8_tile_1x4},
-        {NULL, q8_tile_2x1, q8_tile_2x2, q8_tile_2x3, q8_tile_2x4},
-        {NULL, q8_tile_4x1, NULL, NULL, NULL},
-    };
     const int nb = w->n_in / KN_QK;
     const char *base = w->data;
-    for (int t = 0; t < n_tok;) {
-        int T = n_tok - t >= 4 ? 4 : n_tok - t;
-        int R = T == 1 ? 4 : 2;
-        const kn_q8 *xt[4];
-        for (int k = 0; k < T; k++)
-            xt[k] = (const kn_q8 *)((const char *)x + (size_t)(t + k) * x_stride);
-        for (int r = r0; r < r1;) {
-            int rr = r1 - r >= R ? R : 1;
-            const kn_q8 *wr[4];
-            for (int k = 0; k < rr; k++)
-                wr[k] = (const kn_q8 *)(base + (size_t)(r + k) * w->row_bytes);
-            tiles[rr == 4 ? 2 : rr - 1][T](wr, xt, nb, y + (size_t)t * y_stride + (size_t)r,
-                                           y_stride);
-            r += rr;
+    const int R = n_tok == 1 ? Q8_ROWS_1 : Q8_ROWS_T;
+    /* the first tile has no tile before it to prefetch it */
+    size_t first = (size_t)(r1 - r0 < R ? r1 - r0 : R) * w->row_bytes;
+    for (size_t o = 0; r0 < r1 && o < first; o += 64)
+        _mm_prefetch(base + (size_t)r0 * w->row_bytes + o, _MM_HINT_T0);
+    for (int r = r0; r < r1;) {
+        int rr = R;
+        while (rr > r1 - r)
+            rr /= 2;
+        const kn_q8 *wr[8];
+        for (int k = 0; k < rr; k++)
+            wr[k] = (const kn_q8 *)(base + (size_t)(r + k) * w->row_bytes);
+        /* the next tile, clipped to r1 (one tile ahead measured best; two
+         * or three ahead were slower for a single token) */
+        int pr = r + rr;
+        int next = pr >= r1 ? 0 : r1 - pr < rr ? r1 - pr : rr;
+        const char *pf = base + (size_t)pr * w->row_bytes;
+        int pf_lines =
+            (int)((((size_t)next * w->row_bytes + 63) / 64 + (size_t)nb - 1) / (size_t)nb);
+        for (int t = 0; t < n_tok;) {
+            int T = n_tok - t >= 4 ? 4 : n_tok - t;
+            const kn_q8 *xt[4];
+            for (int k = 0; k < T; k++)
+                xt[k] = (const kn_q8 *)((const char *)x + (size_t)(t + k) * x_stride);
+            q8_tiles[rr][T](wr, xt, nb, y + (size_t)t * y_stride + (size_t)r, y_stride, pf,
+                            t == 0 ? pf_lines : 0);
+            t += T;
         }
-        t += T;
+        r += rr;
     }
 }
 
@@ -217,7 +256,7 @@ static void matmul_avx2(const kn_weight *w, int r0, int r1, const void *x, size_
                         int n_tok, float *y, size_t y_stride)
 {
     if (w->type == KN_Q8_0) {
-        matmul_q8_avx2(w, r0, r1, x, x_stride, n_tok, y, y_stride);
+        matmul_q8(w, r0, r1, x, x_stride, n_tok, y, y_stride);
         return;
     }
     const char *base = w->data;
@@ -286,12 +325,18 @@ static void axpy_avx2(int n, float a, const float *x, float *y)
         y[i] = y[i] + a * x[i];
 }
 
-/* Declared in kernels.c, which hands it out only when the CPU has AVX2, FMA
- * and F16C. */
+/* Declared in kernels.c, which hands it out only when the CPU can run it. */
+#ifdef KN_VNNI
+extern const kn_ops kn_avx512_ops;
+const kn_ops kn_avx512_ops = {
+    .name = "avx512",
+    .path = KN_PATH_AVX512,
+#else
 extern const kn_ops kn_avx2_ops;
 const kn_ops kn_avx2_ops = {
     .name = "avx2",
     .path = KN_PATH_AVX2,
+#endif
     .matmul = matmul_avx2,
     .dot_f32 = dot_f32_avx2,
     .quantize_q8 = quantize_q8_avx2,

@@ -1,16 +1,16 @@
-/* pool.c - kn_pool: a fixed set of worker threads that run one row-split job
- * at a time and sleep in the kernel (futex) between jobs, never spinning.
+/* pool.c - kn_pool: a fixed set of worker threads that run one job at a
+ * time and sleep in the kernel (futex) between jobs, never spinning.
  *
- * A job's iths are claimed, not assigned.  The caller publishes (fn, arg),
- * bumps the generation (one FUTEX_WAKE for all workers), runs ith = 0, then
- * keeps claiming unclaimed iths itself; a worker that wakes claims what is
- * left.  Why: waking a sleeping thread on another CPU costs tens of
- * microseconds on a virtual machine without guest halt polling (about 27 us
- * each way measured on the 2-vCPU KVM guest this was written on), longer than
- * many of the forward pass's matmuls take.  With claiming, a job that is done
- * before a worker is up never waits for one, and a slow wake costs at most
+ * A job's tasks (iths) are claimed, not assigned.  The caller publishes
+ * (fn, arg, n_tasks), bumps the generation (one FUTEX_WAKE for all workers),
+ * runs ith = 0, then keeps claiming unclaimed iths itself; a worker that
+ * wakes claims what is left.  Why: on the 2-vCPU KVM guest this was written
+ * on (no guest halt polling), waking a sleeping worker costs the caller 7-9 us
+ * in the wake system call and the worker 20-45 us before it runs, longer than
+ * most of a decode step's matmuls take.  With claiming, a job that is done
+ * before a worker is up never waits for it, and a slow wake costs at most
  * the serial time.  Every ith still runs exactly once, and run returns only
- * when all have returned; an ith may run on the caller's thread.
+ * when all have returned.
  *
  * The caller sleeps only when a worker is inside a claimed ith when the
  * caller runs out of work; the last such worker wakes it, and only if the
@@ -41,6 +41,7 @@ struct kn_pool {
     kn_worker *workers;
     kn_task_fn fn; /* the current job, read only after a successful claim */
     void *arg;
+    _Atomic int n_tasks; /* of the current job, stored before its claim word */
     uint32_t next_gen;
     _Atomic uint64_t claim;          /* generation << 32 | next unclaimed ith */
     _Atomic uint32_t gen;            /* the latest generation; workers sleep on it */
@@ -66,7 +67,10 @@ static int claim_next(kn_pool *p, uint32_t g)
 {
     uint64_t c = atomic_load(&p->claim);
     for (;;) {
-        if ((uint32_t)(c >> 32) != g || (uint32_t)c >= (uint32_t)p->n_threads)
+        /* n_tasks may already belong to a later job; then the claim word
+         * has changed too and the exchange fails. */
+        int n = atomic_load_explicit(&p->n_tasks, memory_order_relaxed);
+        if ((uint32_t)(c >> 32) != g || (uint32_t)c >= (uint32_t)n)
             return -1;
         if (atomic_compare_exchange_weak(&p->claim, &c, c + 1))
             return (int)(uint32_t)c;
@@ -102,7 +106,7 @@ static void *worker_main(void *opaque)
                 busy_done(p);
                 break;
             }
-            p->fn(p->arg, ith, p->n_threads);
+            p->fn(p->arg, ith, atomic_load_explicit(&p->n_tasks, memory_order_relaxed));
             busy_done(p);
         }
     }
@@ -136,6 +140,7 @@ static void stop_workers(kn_pool *p)
 {
     if (p->n_started == 0)
         return;
+    atomic_store(&p->n_tasks, 0);
     atomic_store(&p->stop, 1);
     start_job(p);
     for (int i = 0; i < p->n_started; i++)
@@ -192,16 +197,25 @@ int kn_pool_threads(const kn_pool *p)
 
 void kn_pool_run(kn_pool *p, kn_task_fn fn, void *arg)
 {
-    if (p->n_started == 0) {
-        fn(arg, 0, 1);
+    kn_pool_run_tasks(p, fn, arg, p->n_threads);
+}
+
+void kn_pool_run_tasks(kn_pool *p, kn_task_fn fn, void *arg, int n_tasks)
+{
+    if (n_tasks < 1)
+        return;
+    if (p->n_started == 0 || n_tasks == 1) {
+        for (int ith = 0; ith < n_tasks; ith++)
+            fn(arg, ith, n_tasks);
         return;
     }
     p->fn = fn;
     p->arg = arg;
+    atomic_store_explicit(&p->n_tasks, n_tasks, memory_order_relaxed);
     uint32_t g = start_job(p);
-    fn(arg, 0, p->n_threads);
+    fn(arg, 0, n_tasks);
     int ith;
     while ((ith = claim_next(p, g)) >= 0)
-        fn(arg, ith, p->n_threads);
+        fn(arg, ith, n_tasks);
     wait_workers(p);
 }

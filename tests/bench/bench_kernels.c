@@ -31,6 +31,7 @@ static float rnd(void)
 }
 
 typedef struct job {
+    int n_tasks; /* 0: kn_pool_run */
     const kn_ops *ops;
     const kn_weight *w;
     const void *x;
@@ -57,15 +58,23 @@ static void empty_task(void *arg, int ith, int nth)
 
 static double g_ms = 200.0;
 
+static void run_job(kn_pool *pool, kn_task_fn fn, void *arg, int n_tasks)
+{
+    if (n_tasks)
+        kn_pool_run_tasks(pool, fn, arg, n_tasks);
+    else
+        kn_pool_run(pool, fn, arg);
+}
+
 /* Seconds per call of the job through the pool, best of 5 rounds. */
-static double time_job(kn_pool *pool, kn_task_fn fn, void *arg)
+static double time_job(kn_pool *pool, kn_task_fn fn, void *arg, int n_tasks)
 {
     double best = 1e9;
     long reps = 1;
     for (int round = 0; round < 6; round++) {
         double t0 = now_s();
         for (long i = 0; i < reps; i++)
-            kn_pool_run(pool, fn, arg);
+            run_job(pool, fn, arg, n_tasks);
         double dt = now_s() - t0;
         if (round == 0) { /* calibrate */
             reps = (long)(g_ms * 1e-3 / (dt > 1e-9 ? dt : 1e-9));
@@ -77,6 +86,51 @@ static double time_job(kn_pool *pool, kn_task_fn fn, void *arg)
             best = dt / (double)reps;
     }
     return best;
+}
+
+/* Caller-side work between jobs, like the forward pass's norms. */
+static void busy_us(double us)
+{
+    double end = now_s() + us * 1e-6;
+    while (now_s() < end)
+        ;
+}
+
+/* Round trips of an empty job: back to back (the worker may still be up
+ * from the last one), and after 50 us of caller work (the worker has gone
+ * back to sleep, as between the forward pass's matmuls).  The median of
+ * many, since single wake-ups vary a lot on a virtual machine. */
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void bench_pool(kn_pool *pool, int threads)
+{
+    enum { N = 2001 };
+    static double t[N];
+    static const struct {
+        const char *what;
+        double gap_us;
+        int n_tasks;
+    } cases[] = {
+        {"back to back", 0, 0},
+        {"after 50 us idle", 50, 0},
+        {"after 50 us idle, n_tasks = 1", 50, 1},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        for (int i = 0; i < N; i++) {
+            if (cases[c].gap_us > 0)
+                busy_us(cases[c].gap_us);
+            double t0 = now_s();
+            run_job(pool, empty_task, NULL, cases[c].n_tasks);
+            t[i] = now_s() - t0;
+        }
+        qsort(t, N, sizeof t[0], cmp_double);
+        printf("kn_pool_run empty job, %d threads, %s: median %.2f us, p90 %.2f us\n", threads,
+               cases[c].what, t[N / 2] * 1e6, t[N * 9 / 10] * 1e6);
+    }
 }
 
 typedef struct weights {
@@ -108,17 +162,68 @@ static void make_weights(weights *m, int type, int n_in, int n_out)
         .type = type, .n_in = n_in, .n_out = n_out, .row_bytes = row_bytes, .data = m->data};
 }
 
+/* A decode step's matmuls for the target model (n_embd 512, n_ff 1408, 8
+ * layers; 4 attention matrices of 512 x 512 as without grouped-query
+ * attention, gate/up 512 x 1408, down 1408 x 512, a 512 x 4096 output), each
+ * a job through the pool, weights about 30 MB so that they stream from
+ * memory as in a real decode (the per-shape figures above are cache-warm). */
+enum { PASS_MATS = 8 * 7 + 1 };
+
+static void bench_pass(const kn_ops *ops, kn_pool *pool, int n_tasks, weights *mats, int n_tok,
+                       const char *label)
+{
+    static const int shapes[7][2] = {{512, 512},  {512, 512},  {512, 512}, {512, 512},
+                                     {512, 1408}, {512, 1408}, {1408, 512}};
+    if (!mats[0].data)
+        for (int i = 0; i < PASS_MATS; i++) {
+            int n_in = i < PASS_MATS - 1 ? shapes[i % 7][0] : 512;
+            int n_out = i < PASS_MATS - 1 ? shapes[i % 7][1] : 4096;
+            make_weights(&mats[i], KN_Q8_0, n_in, n_out);
+        }
+    size_t x_stride = 1408 / KN_QK * sizeof(kn_q8);
+    kn_q8 *x = malloc(x_stride * (size_t)n_tok);
+    float *xf = malloc(sizeof(float) * 1408);
+    float *y = malloc(sizeof(float) * 4096 * (size_t)n_tok);
+    for (int t = 0; t < n_tok; t++) {
+        for (int i = 0; i < 1408; i++)
+            xf[i] = rnd();
+        ops->quantize_q8(xf, (kn_q8 *)((char *)x + (size_t)t * x_stride), 1408);
+    }
+    double macs = 0, bytes = 0, best = 1e9;
+    for (int i = 0; i < PASS_MATS; i++) {
+        macs += (double)mats[i].w.n_in * mats[i].w.n_out * n_tok;
+        bytes += (double)mats[i].w.row_bytes * mats[i].w.n_out;
+    }
+    for (int round = 0; round < 20; round++) {
+        double t0 = now_s();
+        for (int i = 0; i < PASS_MATS; i++) {
+            job j = {n_tasks, ops, &mats[i].w, x, x_stride, n_tok, y};
+            run_job(pool, matmul_task, &j, n_tasks);
+        }
+        double dt = now_s() - t0;
+        if (dt < best)
+            best = dt;
+    }
+    printf("decode pass %-6s n_tok %2d %-14s %6.0f us  %5.1f GMAC/s  %5.1f GB/s  %6.0f tok/s "
+           "(matmuls only)\n",
+           ops->name, n_tok, label, best * 1e6, macs / best * 1e-9, bytes / best * 1e-9,
+           n_tok / best);
+    free(x);
+    free(xf);
+    free(y);
+}
+
 /* Prints one line: GMAC/s and weight GB/s for every path x thread count. */
-static void bench_shape(const kn_ops *const *paths, int n_paths, kn_pool *const *pools,
-                        int n_pools, int type, int n_in, int n_out, int n_tok)
+static void bench_shape(const kn_ops *const *paths, int n_paths, kn_pool *const *pools, int n_pools,
+                        int type, int n_in, int n_out, int n_tok)
 {
     weights m;
     make_weights(&m, type, n_in, n_out);
     float *xf = malloc(sizeof(float) * (size_t)n_in * (size_t)n_tok);
     for (size_t i = 0; i < (size_t)n_in * (size_t)n_tok; i++)
         xf[i] = rnd();
-    size_t x_stride = type == KN_Q8_0 ? (size_t)n_in / KN_QK * sizeof(kn_q8)
-                                      : (size_t)n_in * sizeof(float);
+    size_t x_stride =
+        type == KN_Q8_0 ? (size_t)n_in / KN_QK * sizeof(kn_q8) : (size_t)n_in * sizeof(float);
     void *x = malloc(x_stride * (size_t)n_tok);
     float *y = malloc(sizeof(float) * (size_t)n_out * (size_t)n_tok);
     static const char *tname[] = {"F32", "F16", "", "", "", "", "", "", "Q8_0"};
@@ -133,9 +238,9 @@ static void bench_shape(const kn_ops *const *paths, int n_paths, kn_pool *const 
         else
             memcpy(x, xf, x_stride * (size_t)n_tok);
         for (int k = 0; k < n_pools; k++) {
-            job j = {paths[p], &m.w, x, x_stride, n_tok, y};
-            double s = time_job(pools[k], matmul_task, &j);
-            printf(" | %6.1f %6.1f", macs / s * 1e-9, bytes / s * 1e-9);
+            job j = {k == 2 ? 8 : 0, paths[p], &m.w, x, x_stride, n_tok, y};
+            double s = time_job(pools[k], matmul_task, &j, j.n_tasks);
+            printf(" | %5.1f %5.1f", macs / s * 1e-9, bytes / s * 1e-9);
         }
     }
     printf("\n");
@@ -169,18 +274,23 @@ int main(int argc, char **argv)
     for (int p = KN_PATH_SCALAR; p <= KN_PATH_AVX512; p++)
         if (kn_ops_get(p))
             paths[n_paths++] = kn_ops_get(p);
-    kn_pool *pools[2];
-    int n_pools = threads > 1 ? 2 : 1;
+    /* columns: 1 thread; the pool with kn_pool_run; the same pool with
+     * kn_pool_run_tasks and 8 tasks */
+    kn_pool *pools[3];
+    int n_pools = threads > 1 ? 3 : 1;
     if (kn_pool_new(1, &pools[0]) != 0 || (threads > 1 && kn_pool_new(threads, &pools[1]) != 0)) {
         fprintf(stderr, "bench_kernels: cannot start the pool\n");
         return 1;
     }
+    pools[2] = pools[1];
 
-    printf("kernels: best path %s; each cell: GMAC/s  weight-GB/s\n", kn_ops_best()->name);
+    printf("kernels: best path %s; each cell: GMAC/s  weight-GB/s; /8t: kn_pool_run_tasks "
+           "with 8 tasks\n",
+           kn_ops_best()->name);
     printf("%-26s", "shape (n_in x n_out)");
     for (int p = 0; p < n_paths; p++)
         for (int k = 0; k < n_pools; k++)
-            printf(" | %-6s %dthr    ", paths[p]->name, k ? threads : 1);
+            printf(" | %-6s %dthr%s", paths[p]->name, k ? threads : 1, k == 2 ? "/8t" : "   ");
     printf("\n");
 
     static const int q8_shapes[][2] = {{512, 512}, {512, 1408}, {1408, 512}, {512, 2048}};
@@ -194,10 +304,20 @@ int main(int argc, char **argv)
         for (size_t t = 0; t < 2; t++)
             bench_shape(paths, n_paths, pools, n_pools, type, 512, 512, ftoks[t]);
 
-    if (threads > 1) {
-        double s = time_job(pools[1], empty_task, NULL);
-        printf("kn_pool_run round trip, empty job, %d threads: %.2f us\n", threads, s * 1e6);
-    }
+    static weights mats[PASS_MATS];
+    static const int pass_toks[] = {1, 8};
+    for (int p = 1; p < n_paths; p++)
+        for (size_t t = 0; t < sizeof pass_toks / sizeof pass_toks[0]; t++) {
+            bench_pass(paths[p], pools[0], 0, mats, pass_toks[t], "1 thread");
+            if (threads > 1) {
+                bench_pass(paths[p], pools[1], 0, mats, pass_toks[t], "pool_run");
+                bench_pass(paths[p], pools[1], 4 * threads, mats, pass_toks[t], "pool_tasks x4");
+            }
+        }
+    for (int i = 0; i < PASS_MATS; i++)
+        free(mats[i].data);
+    if (threads > 1)
+        bench_pool(pools[1], threads);
     kn_pool_free(pools[0]);
     if (threads > 1)
         kn_pool_free(pools[1]);

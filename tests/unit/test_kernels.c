@@ -237,19 +237,19 @@ static void test_fp16_rne_cases(void **state)
         {-1e10f, 0xfc00},
         {INFINITY, 0x7c00},
         {-INFINITY, 0xfc00},
-        {0x1p-14f, 0x0400},                        /* smallest normal */
-        {0x1p-14f - 0x1p-26f, 0x0400},             /* rounds up into the normals */
-        {0x1p-24f, 0x0001},                        /* smallest subnormal */
-        {0x1p-25f, 0x0000},                        /* tie -> even 0 */
-        {0x1.000002p-25f, 0x0001},                 /* just above the tie */
-        {0x3p-25f, 0x0002},                        /* 1.5 units -> even 2 */
-        {0x5p-25f, 0x0002},                        /* 2.5 units -> even 2 */
-        {1.0f + 0x1p-11f, 0x3c00},                 /* tie -> even */
-        {1.0f + 0x3p-11f, 0x3c02},                 /* tie -> even (up) */
-        {1.0f + 0x1p-11f + 0x1p-20f, 0x3c01},      /* above the tie */
-        {0x1p-30f, 0x0000},                        /* underflow */
+        {0x1p-14f, 0x0400},                   /* smallest normal */
+        {0x1p-14f - 0x1p-26f, 0x0400},        /* rounds up into the normals */
+        {0x1p-24f, 0x0001},                   /* smallest subnormal */
+        {0x1p-25f, 0x0000},                   /* tie -> even 0 */
+        {0x1.000002p-25f, 0x0001},            /* just above the tie */
+        {0x3p-25f, 0x0002},                   /* 1.5 units -> even 2 */
+        {0x5p-25f, 0x0002},                   /* 2.5 units -> even 2 */
+        {1.0f + 0x1p-11f, 0x3c00},            /* tie -> even */
+        {1.0f + 0x3p-11f, 0x3c02},            /* tie -> even (up) */
+        {1.0f + 0x1p-11f + 0x1p-20f, 0x3c01}, /* above the tie */
+        {0x1p-30f, 0x0000},                   /* underflow */
         {-0x1p-30f, 0x8000},
-        {bits_f32(0x00000001), 0x0000},            /* float subnormal */
+        {bits_f32(0x00000001), 0x0000}, /* float subnormal */
         {0.1f, 0x2e66},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -328,8 +328,7 @@ static void test_fp16_vs_f16c(void **state)
             u = (u & 0x807fffffu) | ((uint32_t)(96 + rng_next() % 50) << 23);
         float f = bits_f32(u);
         if (kn_f32_to_fp16(f) != hw_f32_to_fp16(f)) {
-            print_error("0x%08x: 0x%04x != f16c 0x%04x\n", u, kn_f32_to_fp16(f),
-                        hw_f32_to_fp16(f));
+            print_error("0x%08x: 0x%04x != f16c 0x%04x\n", u, kn_f32_to_fp16(f), hw_f32_to_fp16(f));
             fail();
         }
     }
@@ -355,7 +354,8 @@ static void test_dot_f32_order_and_accuracy(void **state)
     static const int ns[] = {0, 1, 5, 31, 32, 33, 64, 100, 257, 512, 1413};
     for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
         int n = ns[k];
-        float *a = malloc(sizeof(float) * (size_t)(n + 1)), *b = malloc(sizeof(float) * (size_t)(n + 1));
+        float *a = malloc(sizeof(float) * (size_t)(n + 1)),
+              *b = malloc(sizeof(float) * (size_t)(n + 1));
         fill_floats(a, (size_t)n);
         fill_floats(b, (size_t)n);
         float got = ops->dot_f32(a, b, n), want = ref_dot32(a, b, n);
@@ -432,9 +432,9 @@ static void test_quantize_act_degenerate(void **state)
     (void)state;
     float x[32 * 6];
     for (int j = 0; j < 32; j++) {
-        x[j] = j % 3 ? 1e-38f : 0.0f;         /* 127 / m overflows */
-        x[32 + j] = j == 3 ? INFINITY : 1.0f; /* inf */
-        x[64 + j] = j == 9 ? NAN : (float)j;  /* NaN */
+        x[j] = j % 3 ? 1e-38f : 0.0f;                       /* 127 / m overflows */
+        x[32 + j] = j == 3 ? INFINITY : 1.0f;               /* inf */
+        x[64 + j] = j == 9 ? NAN : (float)j;                /* NaN */
         x[96 + j] = bits_f32(0x00000001u) * (float)(j % 2); /* float subnormals */
         x[128 + j] = j == 0 ? -1e30f : 1.0f;
         x[160 + j] = (float)(j - 16) * 1e20f;
@@ -647,8 +647,8 @@ static void check_against_reference(const mat *m, const input *in, int n_tok, co
             float want = ref_element(m, in, r, t);
             float got = y[(size_t)t * y_stride + r];
             if (f32_bits(got) != f32_bits(want)) {
-                print_error("type %d n_in %d row %d tok %d: %a != %a\n", m->w.type, m->w.n_in,
-                            r, t, (double)got, (double)want);
+                print_error("type %d n_in %d row %d tok %d: %a != %a\n", m->w.type, m->w.n_in, r, t,
+                            (double)got, (double)want);
                 fail();
             }
             /* and close to the exact value of what was multiplied */
@@ -731,8 +731,7 @@ static void test_matmul_q8(void **state)
     for (size_t i = 0; i < sizeof n_ins / sizeof n_ins[0]; i++)
         for (size_t t = 0; t < sizeof n_toks / sizeof n_toks[0]; t++)
             for (int mode = 0; mode < 3; mode++)
-                matmul_case(KN_Q8_0, n_ins[i], n_outs[(i + t + (size_t)mode) % 5], n_toks[t],
-                            mode);
+                matmul_case(KN_Q8_0, n_ins[i], n_outs[(i + t + (size_t)mode) % 5], n_toks[t], mode);
 }
 
 /* Weights of -128 against activations of +-127: the extreme products, where
@@ -754,8 +753,8 @@ static void test_matmul_q8_extremes(void **state)
         for (int j = 0; j < 32; j++)
             x[b].qs[j] = (int8_t)(b / 2 == 0 ? 127 : b / 2 == 1 ? -127 : (j % 2 ? 127 : -127));
     }
-    kn_weight wt = {.type = KN_Q8_0, .n_in = 64, .n_out = 4, .row_bytes = 2 * sizeof(kn_q8),
-                    .data = w};
+    kn_weight wt = {
+        .type = KN_Q8_0, .n_in = 64, .n_out = 4, .row_bytes = 2 * sizeof(kn_q8), .data = w};
     float ys[3 * 4], yv[3 * 4];
     kn_ops_get(KN_PATH_SCALAR)->matmul(&wt, 0, 4, x, 2 * sizeof(kn_q8), 3, ys, 4);
     for (int t = 0; t < 3; t++)
@@ -795,6 +794,59 @@ static void test_matmul_batch_independent(void **state)
     input_free(&a);
     input_free(&b);
     mat_free(&m);
+}
+
+/* Weights and inputs in allocations of exactly their size, so that the
+ * sanitizer build catches any read past a row or block. */
+static void test_matmul_exact_buffers(void **state)
+{
+    (void)state;
+    rng_seed(61);
+    static const int types[] = {KN_F32, KN_F16, KN_Q8_0};
+    for (size_t k = 0; k < 3; k++)
+        for (int n_tok = 1; n_tok <= 5; n_tok += 4) {
+            int type = types[k], n_in = type == KN_Q8_0 ? 96 : 45, n_out = 13;
+            mat m;
+            mat_make(&m, type, n_in, n_out, 1);
+            size_t wbytes = m.w.row_bytes * (size_t)n_out;
+            void *wexact = malloc(wbytes);
+            memcpy(wexact, m.data, wbytes);
+            m.w.data = wexact;
+            size_t x_stride =
+                type == KN_Q8_0 ? (size_t)n_in / 32 * sizeof(kn_q8) : (size_t)n_in * sizeof(float);
+            float *xf = malloc(sizeof(float) * (size_t)n_in * (size_t)n_tok);
+            fill_floats(xf, (size_t)n_in * (size_t)n_tok);
+            void *x = malloc(x_stride * (size_t)n_tok);
+            for (int t = 0; t < n_tok; t++) {
+                if (type == KN_Q8_0)
+                    kn_ops_get(KN_PATH_SCALAR)
+                        ->quantize_q8(xf + (size_t)t * n_in,
+                                      (kn_q8 *)((char *)x + (size_t)t * x_stride), n_in);
+                else
+                    memcpy((char *)x + (size_t)t * x_stride, xf + (size_t)t * n_in, x_stride);
+            }
+            float *want = malloc(sizeof(float) * (size_t)n_out * (size_t)n_tok);
+            float *got = malloc(sizeof(float) * (size_t)n_out * (size_t)n_tok);
+            kn_ops_get(KN_PATH_SCALAR)
+                ->matmul(&m.w, 0, n_out, x, x_stride, n_tok, want, (size_t)n_out);
+            for (int path = KN_PATH_AVX2; path <= KN_PATH_AVX512; path++) {
+                const kn_ops *ops = kn_ops_get(path);
+                if (!ops)
+                    continue;
+                ops->matmul(&m.w, 0, n_out, x, x_stride, n_tok, got, (size_t)n_out);
+                assert_bits_equal(got, want, (size_t)n_out * (size_t)n_tok);
+                if (type == KN_F32)
+                    assert_int_equal(f32_bits(ops->dot_f32(xf, xf + 1, n_in - 1)),
+                                     f32_bits(ref_dot32(xf, xf + 1, n_in - 1)));
+            }
+            free(want);
+            free(got);
+            free(x);
+            free(xf);
+            free(wexact);
+            m.w.data = m.data;
+            mat_free(&m);
+        }
 }
 
 static void test_ops_table(void **state)
@@ -841,7 +893,8 @@ static void test_rmsnorm(void **state)
     assert_bits_equal(out, want, N);
     double sd = 1.0 / sqrt(sumd / N + 1e-5);
     for (int i = 0; i < N; i++)
-        assert_true(fabs((double)out[i] - x[i] * sd * w[i]) <= 1e-5 * fabs(x[i] * sd * w[i]) + 1e-7);
+        assert_true(fabs((double)out[i] - x[i] * sd * w[i]) <=
+                    1e-5 * fabs(x[i] * sd * w[i]) + 1e-7);
     kn_rmsnorm(x, w, x, N, 1e-5f); /* in place */
     assert_bits_equal(x, want, N);
 }
@@ -1014,6 +1067,48 @@ static void test_pool_runs_each_ith_once(void **state)
     kn_pool_free(NULL);
 }
 
+/* Any number of tasks, more or fewer than threads: each ith exactly once
+ * per run, with nth = n_tasks. */
+typedef struct tasks_job {
+    _Atomic int counts[64];
+    _Atomic int bad;
+    int n_tasks;
+} tasks_job;
+
+static void tasks_task(void *arg, int ith, int nth)
+{
+    tasks_job *j = arg;
+    if (nth != j->n_tasks || ith < 0 || ith >= nth)
+        atomic_fetch_add(&j->bad, 1);
+    else
+        atomic_fetch_add(&j->counts[ith], 1);
+}
+
+static void test_pool_run_tasks(void **state)
+{
+    (void)state;
+    static const int n_tasks[] = {1, 2, 3, 8, 17, 64};
+    for (int n = 1; n <= 3; n++) {
+        kn_pool *p;
+        assert_int_equal(kn_pool_new(n, &p), 0);
+        for (size_t k = 0; k < sizeof n_tasks / sizeof n_tasks[0]; k++) {
+            tasks_job job;
+            memset(&job, 0, sizeof job);
+            job.n_tasks = n_tasks[k];
+            for (int r = 0; r < 500; r++) {
+                kn_pool_run_tasks(p, tasks_task, &job, n_tasks[k]);
+                for (int i = 0; i < n_tasks[k]; i++)
+                    if (atomic_load(&job.counts[i]) != r + 1)
+                        fail_msg("threads %d tasks %d rep %d: ith %d ran %d times", n, n_tasks[k],
+                                 r, i, atomic_load(&job.counts[i]));
+            }
+            assert_int_equal(atomic_load(&job.bad), 0);
+        }
+        kn_pool_run_tasks(p, tasks_task, NULL, 0); /* nothing to do */
+        kn_pool_free(p);
+    }
+}
+
 /* A pool-split matmul gives the same bits as a single call. */
 typedef struct mm_job {
     const kn_ops *ops;
@@ -1052,6 +1147,9 @@ static void test_pool_matmul(void **state)
             memset(got, 0, sizeof got);
             kn_pool_run(p, mm_task, &j);
             assert_bits_equal(got, want, 3 * 101);
+            memset(got, 0, sizeof got);
+            kn_pool_run_tasks(p, mm_task, &j, 7);
+            assert_bits_equal(got, want, 3 * 101);
         }
         kn_pool_free(p);
     }
@@ -1078,12 +1176,14 @@ int main(void)
         cmocka_unit_test(test_matmul_q8),
         cmocka_unit_test(test_matmul_q8_extremes),
         cmocka_unit_test(test_matmul_batch_independent),
+        cmocka_unit_test(test_matmul_exact_buffers),
         cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_softmax),
         cmocka_unit_test(test_swiglu),
         cmocka_unit_test(test_split),
         cmocka_unit_test(test_pool_runs_each_ith_once),
+        cmocka_unit_test(test_pool_run_tasks),
         cmocka_unit_test(test_pool_matmul),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
