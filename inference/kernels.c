@@ -224,6 +224,40 @@ static void axpy_scalar(int n, float a, const float *x, float *y)
         y[i] = y[i] + a * x[i];
 }
 
+static void dot_rows_scalar(int type, const float *q, const void *k, size_t k_stride, int n,
+                            int n_rows, float *out)
+{
+    for (int p = 0; p < n_rows; p++)
+        out[p] = type == KN_F16 ? dot_f16_scalar((const uint16_t *)k + (size_t)p * k_stride, q, n)
+                                : dot_f32_scalar(q, (const float *)k + (size_t)p * k_stride, n);
+}
+
+static void axpy_rows_scalar(int type, int n, const float *a, const void *x, size_t x_stride,
+                             int n_rows, float *y)
+{
+    for (int p = 0; p < n_rows; p++) {
+        if (type == KN_F16) {
+            const uint16_t *xp = (const uint16_t *)x + (size_t)p * x_stride;
+            for (int i = 0; i < n; i++)
+                y[i] = y[i] + a[p] * half_to_f32(xp[i]);
+        } else {
+            axpy_scalar(n, a[p], (const float *)x + (size_t)p * x_stride, y);
+        }
+    }
+}
+
+static void to_f16_scalar(const float *x, uint16_t *out, int n)
+{
+    for (int i = 0; i < n; i++)
+        out[i] = kn_f32_to_fp16(x[i]);
+}
+
+static void round_f16_scalar(float *x, int n)
+{
+    for (int i = 0; i < n; i++)
+        x[i] = kn_fp16_to_f32(kn_f32_to_fp16(x[i]));
+}
+
 static const kn_ops scalar_ops = {
     .name = "scalar",
     .path = KN_PATH_SCALAR,
@@ -231,6 +265,10 @@ static const kn_ops scalar_ops = {
     .dot_f32 = dot_f32_scalar,
     .quantize_q8 = quantize_q8_scalar,
     .axpy = axpy_scalar,
+    .dot_rows = dot_rows_scalar,
+    .axpy_rows = axpy_rows_scalar,
+    .to_f16 = to_f16_scalar,
+    .round_f16 = round_f16_scalar,
 };
 
 /* ---- dispatch ---- */

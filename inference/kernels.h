@@ -85,6 +85,24 @@ typedef struct kn_ops {
 
     /* y[i] = y[i] + a * x[i] for i < n (product rounded, then the sum). */
     void (*axpy)(int n, float a, const float *x, float *y);
+
+    /* Attention's two halves over keys and values stored as F32 or F16
+     * (type KN_F32 / KN_F16; strides in elements), each exactly a loop of
+     * the dots and axpys above (F16 elements converted to float first, which
+     * is exact), but with the loop inside where the SIMD path keeps its
+     * operands in registers:
+     * out[p] = dot(q, k + p * k_stride, n) for p < n_rows; and
+     * y[i] = y[i] + a[p] * x[p * x_stride + i] for p = 0 .. n_rows-1 in
+     * order. */
+    void (*dot_rows)(int type, const float *q, const void *k, size_t k_stride, int n, int n_rows,
+                     float *out);
+    void (*axpy_rows)(int type, int n, const float *a, const void *x, size_t x_stride, int n_rows,
+                      float *y);
+
+    /* out[i] = kn_f32_to_fp16(x[i]), and x[i] = f32(fp16(x[i])) in place:
+     * the same bits as the scalar conversions. */
+    void (*to_f16)(const float *x, uint16_t *out, int n);
+    void (*round_f16)(float *x, int n);
 } kn_ops;
 
 /* The ops for a path, or NULL when this CPU (or build) cannot run it. */

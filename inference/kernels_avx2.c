@@ -325,6 +325,104 @@ static void axpy_avx2(int n, float a, const float *x, float *y)
         y[i] = y[i] + a * x[i];
 }
 
+/* Element i of an F32 or F16 row as 8 floats. */
+static inline __m256 load_row8(int type, const void *row, size_t i)
+{
+    return type == KN_F16 ? load_f16((const uint16_t *)row + i)
+                          : _mm256_loadu_ps((const float *)row + i);
+}
+
+static inline const void *row_at(int type, const void *base, size_t p, size_t stride)
+{
+    return type == KN_F16 ? (const void *)((const uint16_t *)base + p * stride)
+                          : (const void *)((const float *)base + p * stride);
+}
+
+/* Two keys at a time so the two dependency chains overlap; n % 32 == 0 (the
+ * usual head sizes), otherwise one dot per key. */
+static void dot_rows_avx2(int type, const float *q, const void *k, size_t k_stride, int n,
+                          int n_rows, float *out)
+{
+    int p = 0;
+    if (n % 32 == 0) {
+        for (; p + 2 <= n_rows; p += 2) {
+            const void *k0 = row_at(type, k, (size_t)p, k_stride);
+            const void *k1 = row_at(type, k, (size_t)p + 1, k_stride);
+            __m256 a[4], b[4];
+            for (int j = 0; j < 4; j++)
+                a[j] = b[j] = _mm256_setzero_ps();
+            for (int i = 0; i < n; i += 32)
+                for (int j = 0; j < 4; j++) {
+                    __m256 qv = _mm256_loadu_ps(q + i + 8 * j);
+                    size_t at = (size_t)(i + 8 * j);
+                    a[j] = _mm256_add_ps(a[j], _mm256_mul_ps(qv, load_row8(type, k0, at)));
+                    b[j] = _mm256_add_ps(b[j], _mm256_mul_ps(qv, load_row8(type, k1, at)));
+                }
+            out[p] = reduce32(a[0], a[1], a[2], a[3]);
+            out[p + 1] = reduce32(b[0], b[1], b[2], b[3]);
+        }
+    }
+    for (; p < n_rows; p++) {
+        const void *kp = row_at(type, k, (size_t)p, k_stride);
+        out[p] = type == KN_F16 ? dot_f16_avx2(kp, q, n) : dot_f32_avx2(q, kp, n);
+    }
+}
+
+/* y in chunks of up to 64 floats held in registers while every row is added
+ * in order; n % 8 == 0, otherwise row by row. */
+static void axpy_rows_avx2(int type, int n, const float *a, const void *x, size_t x_stride,
+                           int n_rows, float *y)
+{
+    if (n % 8 != 0) {
+        for (int p = 0; p < n_rows; p++) {
+            const void *xp = row_at(type, x, (size_t)p, x_stride);
+            if (type == KN_F16)
+                for (int i = 0; i < n; i++)
+                    y[i] = y[i] + a[p] * _cvtsh_ss(((const uint16_t *)xp)[i]);
+            else
+                axpy_avx2(n, a[p], xp, y);
+        }
+        return;
+    }
+    for (int i = 0; i < n; i += 64) {
+        int m = (n - i < 64 ? n - i : 64) / 8;
+        __m256 acc[8];
+        for (int j = 0; j < m; j++)
+            acc[j] = _mm256_loadu_ps(y + i + 8 * j);
+        for (int p = 0; p < n_rows; p++) {
+            __m256 va = _mm256_set1_ps(a[p]);
+            const void *xp = row_at(type, x, (size_t)p, x_stride);
+            for (int j = 0; j < m; j++)
+                acc[j] = _mm256_add_ps(acc[j],
+                                       _mm256_mul_ps(va, load_row8(type, xp, (size_t)(i + 8 * j))));
+        }
+        for (int j = 0; j < m; j++)
+            _mm256_storeu_ps(y + i + 8 * j, acc[j]);
+    }
+}
+
+/* F16C conversions round to nearest even, as kn_f32_to_fp16 does (the unit
+ * tests compare them over millions of values). */
+static void to_f16_avx2(const float *x, uint16_t *out, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(out + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++)
+        out[i] = _cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT);
+}
+
+static void round_f16_avx2(float *x, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(x + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(x + i),
+                                                                _MM_FROUND_TO_NEAREST_INT)));
+    for (; i < n; i++)
+        x[i] = _cvtsh_ss(_cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT));
+}
+
 /* Declared in kernels.c, which hands it out only when the CPU can run it. */
 #ifdef KN_VNNI
 extern const kn_ops kn_avx512_ops;
@@ -341,4 +439,8 @@ const kn_ops kn_avx2_ops = {
     .dot_f32 = dot_f32_avx2,
     .quantize_q8 = quantize_q8_avx2,
     .axpy = axpy_avx2,
+    .dot_rows = dot_rows_avx2,
+    .axpy_rows = axpy_rows_avx2,
+    .to_f16 = to_f16_avx2,
+    .round_f16 = round_f16_avx2,
 };

@@ -12,10 +12,8 @@
 #include <string.h>
 #include <xxhash.h>
 
-#define ROW_ALIGN 8 /* rows per thread come in multiples of this (kernel tiles) */
-/* Below this much attention work (dot products times head dim) one thread
- * does it: a dispatch costs more than it saves. */
-#define ATTN_PARALLEL_MIN (1 << 16)
+#define ROW_ALIGN 8 /* rows per task come in multiples of this (kernel tiles) */
+#define ATTN_COST 8 /* an attention multiply-add, in matmul multiply-adds */
 
 typedef struct layer_w {
     const float *attn_norm, *ffn_norm;
@@ -151,6 +149,9 @@ static int load_hparams(llm_model *m, char *err, size_t errlen)
                        "head count %d is not a multiple of the KV head count %d", hp->n_head,
                        hp->n_head_kv);
     hp->head_dim = hp->n_embd / hp->n_head;
+    if (hp->head_dim > LLM_MAX_HEAD_DIM)
+        return fb_errf(err, errlen, FB_EINVAL, "head dimension %d is above the supported %d",
+                       hp->head_dim, LLM_MAX_HEAD_DIM);
     hp->n_rot = hp->head_dim;
     if (gguf_find_kv(m->gf, "llama.rope.dimension_count") &&
         (rc = get_dim(m->gf, "llama.rope.dimension_count", 2, hp->head_dim, &hp->n_rot, err,
@@ -317,9 +318,14 @@ struct llm_ctx {
     const kn_ops *ops;
     kn_pool *pool;
     int n_slots, n_ctx, max_tokens;
+    long parallel_min; /* multiply-adds below which a job stays on the caller */
     int *slot_pos;
-    float *k_cache, *v_cache; /* [slot][layer][pos][n_kv] */
-    size_t kv_slot_stride, kv_layer_stride;
+    /* [slot][layer][kv head][pos][head_dim]: one head's keys (values) are
+     * contiguous, so attention streams them in order. */
+    void *k_cache, *v_cache;
+    int kv_type;                                            /* KN_F16 or KN_F32 */
+    size_t kv_elem;                                         /* bytes per element */
+    size_t kv_slot_stride, kv_layer_stride, kv_head_stride; /* in elements */
     /* scratch, max_tokens rows each */
     float *x, *xb, *q, *k, *v, *att, *gate, *up, *logit_rows;
     kn_q8 *xq;     /* quantized activations, max_tokens rows of n_max/32 blocks */
@@ -352,16 +358,20 @@ int llm_ctx_new(const llm_model *m, const llm_ctx_params *p, llm_ctx **out, char
     c->n_slots = p->n_slots;
     c->n_ctx = p->n_ctx == 0 || p->n_ctx > hp->n_ctx_train ? hp->n_ctx_train : p->n_ctx;
     c->max_tokens = p->max_tokens ? p->max_tokens : LLM_DEFAULT_MAX_TOKENS;
+    c->parallel_min = p->parallel_min > 0 ? p->parallel_min : LLM_DEFAULT_PARALLEL_MIN;
     size_t T = (size_t)c->max_tokens;
     size_t n_kv = (size_t)hp->n_head_kv * (size_t)hp->head_dim;
     size_t n_max = (size_t)(hp->n_ff > hp->n_embd ? hp->n_ff : hp->n_embd);
+    c->kv_type = p->kv_f32 ? KN_F32 : KN_F16;
+    c->kv_elem = p->kv_f32 ? sizeof(float) : sizeof(uint16_t);
+    c->kv_head_stride = (size_t)c->n_ctx * (size_t)hp->head_dim;
     c->kv_layer_stride = (size_t)c->n_ctx * n_kv;
     c->kv_slot_stride = c->kv_layer_stride * (size_t)hp->n_layer;
     c->xq_row = (n_max + KN_QK - 1) / KN_QK;
     int rc = kn_pool_new(p->n_threads, &c->pool);
     c->slot_pos = calloc((size_t)c->n_slots, sizeof *c->slot_pos);
-    c->k_cache = malloc(c->kv_slot_stride * (size_t)c->n_slots * sizeof(float));
-    c->v_cache = malloc(c->kv_slot_stride * (size_t)c->n_slots * sizeof(float));
+    c->k_cache = malloc(c->kv_slot_stride * (size_t)c->n_slots * c->kv_elem);
+    c->v_cache = malloc(c->kv_slot_stride * (size_t)c->n_slots * c->kv_elem);
     c->x = malloc(T * (size_t)hp->n_embd * sizeof(float));
     c->xb = malloc(T * (size_t)hp->n_embd * sizeof(float));
     c->q = malloc(T * (size_t)hp->n_embd * sizeof(float));
@@ -428,7 +438,7 @@ const char *llm_ctx_path_name(const llm_ctx *c)
 
 uint64_t llm_ctx_kv_bytes(const llm_ctx *c)
 {
-    return 2ull * c->kv_slot_stride * (uint64_t)c->n_slots * sizeof(float);
+    return 2ull * c->kv_slot_stride * (uint64_t)c->n_slots * c->kv_elem;
 }
 
 void llm_ctx_reset_slot(llm_ctx *c, int slot)
@@ -454,11 +464,33 @@ typedef struct mm_job {
     const void *x;
     size_t x_stride;
     int n_tok;
+    bool swiglu; /* w[0] gate, w[1] up: split by their common rows, then
+                  * y[0] = silu(gate) * up over each task's rows */
 } mm_job;
+
+/* The feed-forward's first half: gate and up rows [r0, r1) for every token,
+ * then SwiGLU on exactly those elements, so no serial pass follows. */
+static void ffn_task(const mm_job *j, int ith, int nth)
+{
+    int n_ff = j->w[0]->n_out, r0, r1;
+    kn_split(n_ff, ROW_ALIGN, ith, nth, &r0, &r1);
+    if (r0 >= r1)
+        return;
+    for (int i = 0; i < 2; i++)
+        j->ops->matmul(j->w[i], r0, r1, j->x, j->x_stride, j->n_tok, j->y[i], (size_t)n_ff);
+    for (int t = 0; t < j->n_tok; t++) {
+        float *g = j->y[0] + (size_t)t * (size_t)n_ff + r0;
+        kn_swiglu(g, j->y[1] + (size_t)t * (size_t)n_ff + r0, g, r1 - r0);
+    }
+}
 
 static void mm_task(void *arg, int ith, int nth)
 {
     const mm_job *j = arg;
+    if (j->swiglu) {
+        ffn_task(j, ith, nth);
+        return;
+    }
     int total = 0;
     for (int i = 0; i < j->n; i++)
         total += j->w[i]->n_out;
@@ -492,6 +524,37 @@ static void mm_input(llm_ctx *c, const kn_weight *w, const float *x, int n_tok, 
     }
 }
 
+/* How many tasks to split a job of `work` multiply-adds into: one (the
+ * caller alone) when waking a worker would cost more than it saves, else two
+ * per thread so the caller can take over the share of a worker that starts
+ * late.  Any split gives the same bits. */
+static int tasks_for(const llm_ctx *c, long work)
+{
+    int threads = kn_pool_threads(c->pool);
+    return threads == 1 || work < c->parallel_min ? 1 : 4 * threads;
+}
+
+static void matmuls(llm_ctx *c, const float *x, int n_tok, int n, const kn_weight *w0, float *y0,
+                    const kn_weight *w1, float *y1, const kn_weight *w2, float *y2);
+
+/* gate <- silu(gate x) * (up x), row-split with the SwiGLU fused in when the
+ * two weights share a type (else two matmuls, then SwiGLU on the caller). */
+static void ffn_up(llm_ctx *c, const layer_w *L, const float *x, int n_tok)
+{
+    int F = c->m->hp.n_ff;
+    if (L->gate.type != L->up.type) {
+        matmuls(c, x, n_tok, 2, &L->gate, c->gate, &L->up, c->up, NULL, NULL);
+        for (int t = 0; t < n_tok; t++)
+            kn_swiglu(c->gate + (size_t)t * F, c->up + (size_t)t * F, c->gate + (size_t)t * F, F);
+        return;
+    }
+    mm_job j = {
+        .ops = c->ops, .n = 2, .w = {&L->gate, &L->up}, .y = {c->gate, c->up}, .swiglu = true};
+    mm_input(c, &L->gate, x, n_tok, &j);
+    long macs = 2L * n_tok * F * L->gate.n_in;
+    kn_pool_run_tasks(c->pool, mm_task, &j, tasks_for(c, macs));
+}
+
 /* y_i = w_i x for up to three weights of one type and input width. */
 static void matmuls(llm_ctx *c, const float *x, int n_tok, int n, const kn_weight *w0, float *y0,
                     const kn_weight *w1, float *y1, const kn_weight *w2, float *y2)
@@ -502,7 +565,10 @@ static void matmuls(llm_ctx *c, const float *x, int n_tok, int n, const kn_weigh
         if (j.w[i]->type != w0->type || j.w[i]->n_in != w0->n_in)
             j.n = 1;
     mm_input(c, w0, x, n_tok, &j);
-    kn_pool_run(c->pool, mm_task, &j);
+    long macs = 0;
+    for (int i = 0; i < j.n; i++)
+        macs += (long)n_tok * j.w[i]->n_out * j.w[i]->n_in;
+    kn_pool_run_tasks(c->pool, mm_task, &j, tasks_for(c, macs));
     for (int i = j.n; i < n; i++) /* mismatched types: one at a time */
         matmuls(c, x, n_tok, 1, j.w[i], j.y[i], NULL, NULL, NULL, NULL);
 }
@@ -519,24 +585,42 @@ static void attn_task(void *arg, int ith, int nth)
     const attn_job *j = arg;
     llm_ctx *c = j->c;
     const llm_hparams *hp = &c->m->hp;
-    int hd = hp->head_dim, n_kv = hp->n_head_kv * hd, group = hp->n_head / hp->n_head_kv;
+    int hd = hp->head_dim, group = hp->n_head / hp->n_head_kv;
     float scale = 1.0f / sqrtf((float)hd);
     float *sc = c->scores + (size_t)ith * (size_t)c->n_ctx;
+    float q16[LLM_MAX_HEAD_DIM];
     for (int i = ith; i < j->n_tok * hp->n_head; i += nth) {
         int t = i / hp->n_head, h = i % hp->n_head;
         const row_info *r = &c->rows[t];
         size_t base = (size_t)r->slot * c->kv_slot_stride + (size_t)j->layer * c->kv_layer_stride +
-                      (size_t)(h / group) * (size_t)hd;
+                      (size_t)(h / group) * c->kv_head_stride;
         const float *q = c->q + (size_t)t * (size_t)hp->n_embd + (size_t)h * (size_t)hd;
         int n = r->pos + 1;
-        for (int p = 0; p < n; p++)
-            sc[p] = c->ops->dot_f32(q, c->k_cache + base + (size_t)p * (size_t)n_kv, hd);
+        if (c->kv_type == KN_F16) { /* as llama.cpp: F16 keys meet an F16 query */
+            memcpy(q16, q, (size_t)hd * sizeof(float));
+            c->ops->round_f16(q16, hd);
+            q = q16;
+        }
+        const char *kb = (const char *)c->k_cache + base * c->kv_elem;
+        const char *vb = (const char *)c->v_cache + base * c->kv_elem;
+        c->ops->dot_rows(c->kv_type, q, kb, (size_t)hd, hd, n, sc);
         kn_softmax(sc, n, scale);
+        if (c->kv_type == KN_F16) /* and F16 values F16 weights */
+            c->ops->round_f16(sc, n);
         float *o = c->att + (size_t)t * (size_t)hp->n_embd + (size_t)h * (size_t)hd;
         memset(o, 0, (size_t)hd * sizeof(float));
-        for (int p = 0; p < n; p++)
-            c->ops->axpy(hd, sc[p], c->v_cache + base + (size_t)p * (size_t)n_kv, o);
+        c->ops->axpy_rows(c->kv_type, hd, sc, vb, (size_t)hd, n, o);
     }
+}
+
+/* Write n floats at element `at` of a cache, rounding to F16 if it holds F16. */
+static void store_kv(const llm_ctx *c, void *cache, size_t at, const float *x, size_t n)
+{
+    if (c->kv_type == KN_F32) {
+        memcpy((float *)cache + at, x, n * sizeof(float));
+        return;
+    }
+    c->ops->to_f16(x, (uint16_t *)cache + at, (int)n);
 }
 
 static void attention(llm_ctx *c, int layer, int n_tok)
@@ -550,17 +634,22 @@ static void attention(llm_ctx *c, int layer, int n_tok)
         float *k = c->k + (size_t)t * (size_t)n_kv;
         kn_rope(q, hp->n_head, hp->head_dim, hp->n_rot, r->pos, hp->rope_base);
         kn_rope(k, hp->n_head_kv, hp->head_dim, hp->n_rot, r->pos, hp->rope_base);
-        size_t at = (size_t)r->slot * c->kv_slot_stride + (size_t)layer * c->kv_layer_stride +
-                    (size_t)r->pos * (size_t)n_kv;
-        memcpy(c->k_cache + at, k, (size_t)n_kv * sizeof(float));
-        memcpy(c->v_cache + at, c->v + (size_t)t * (size_t)n_kv, (size_t)n_kv * sizeof(float));
-        work += (long)(r->pos + 1) * hp->n_head * hp->head_dim;
+        const float *v = c->v + (size_t)t * (size_t)n_kv;
+        size_t hd = (size_t)hp->head_dim;
+        for (int h = 0; h < hp->n_head_kv; h++) {
+            size_t at = (size_t)r->slot * c->kv_slot_stride + (size_t)layer * c->kv_layer_stride +
+                        (size_t)h * c->kv_head_stride + (size_t)r->pos * hd;
+            store_kv(c, c->k_cache, at, k + (size_t)h * hd, hd);
+            store_kv(c, c->v_cache, at, v + (size_t)h * hd, hd);
+        }
+        /* Weighted as ATTN_COST multiply-adds each: they stream F32 keys and
+         * values from memory where a Q8_0 matmul reuses its weights. */
+        work += ATTN_COST * 2L * (r->pos + 1) * hp->n_head * hp->head_dim;
     }
     attn_job j = {.c = c, .layer = layer, .n_tok = n_tok};
-    if (work >= ATTN_PARALLEL_MIN && kn_pool_threads(c->pool) > 1)
-        kn_pool_run(c->pool, attn_task, &j);
-    else
-        attn_task(&j, 0, 1);
+    /* One task per thread at most: each task has its own score buffer. */
+    kn_pool_run_tasks(c->pool, attn_task, &j,
+                      tasks_for(c, work) > 1 ? kn_pool_threads(c->pool) : 1);
 }
 
 static void add_rows(float *x, const float *y, size_t n)
@@ -573,7 +662,7 @@ static void layer_forward(llm_ctx *c, int l, int n_tok)
 {
     const llm_hparams *hp = &c->m->hp;
     const layer_w *L = &c->m->layers[l];
-    size_t E = (size_t)hp->n_embd, F = (size_t)hp->n_ff;
+    size_t E = (size_t)hp->n_embd;
     for (int t = 0; t < n_tok; t++)
         kn_rmsnorm(c->x + t * E, L->attn_norm, c->xb + t * E, hp->n_embd, hp->rms_eps);
     matmuls(c, c->xb, n_tok, 3, &L->wq, c->q, &L->wk, c->k, &L->wv, c->v);
@@ -582,9 +671,7 @@ static void layer_forward(llm_ctx *c, int l, int n_tok)
     add_rows(c->x, c->xb, (size_t)n_tok * E);
     for (int t = 0; t < n_tok; t++)
         kn_rmsnorm(c->x + t * E, L->ffn_norm, c->xb + t * E, hp->n_embd, hp->rms_eps);
-    matmuls(c, c->xb, n_tok, 2, &L->gate, c->gate, &L->up, c->up, NULL, NULL);
-    for (int t = 0; t < n_tok; t++)
-        kn_swiglu(c->gate + t * F, c->up + t * F, c->gate + t * F, hp->n_ff);
+    ffn_up(c, L, c->xb, n_tok);
     matmuls(c, c->gate, n_tok, 1, &L->down, c->xb, NULL, NULL, NULL, NULL);
     add_rows(c->x, c->xb, (size_t)n_tok * E);
 }

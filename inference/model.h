@@ -6,7 +6,8 @@
  * sequence's KV cache -> output projection -> residual add; RMSNorm ->
  * SwiGLU feed-forward (gate, up, down) -> residual add; final RMSNorm ->
  * output projection (or the token embedding when the model ties them).
- * Weights may be F32, F16 or Q8_0 (norms F32); the KV cache is F32.
+ * Weights may be F32, F16 or Q8_0 (norms F32); the KV cache is F16 (keys
+ * and values rounded to nearest even as they are stored) or F32.
  *
  * Determinism: every number a sequence's logits depend on is computed from
  * that sequence's own rows by the kernels of kernels.h, whose reduction
@@ -59,14 +60,25 @@ uint64_t llm_model_file_bytes(const llm_model *m);
 const char *llm_model_name(const llm_model *m); /* general.name or the file name */
 
 #define LLM_MAX_SLOTS 256
+#define LLM_MAX_HEAD_DIM 512
 #define LLM_DEFAULT_MAX_TOKENS 256 /* tokens per llm_decode call */
+/* Waking a sleeping worker costs ~10 us on the caller and ~30 us before the
+ * worker runs on a KVM guest without halt polling (measured here), so a job
+ * is split across threads only above this many multiply-adds (~2 ms of one
+ * core at Q8_0 speed would be 60M; 4M is ~150 us).  Single-sequence decode of
+ * a small model then runs on one thread; batches and prompts use them all. */
+#define LLM_DEFAULT_PARALLEL_MIN (4L << 20)
 
 typedef struct llm_ctx_params {
-    int n_slots;    /* sequences held at once, each with its own KV cache (>= 1) */
-    int n_ctx;      /* positions per slot; 0 or more than the model's: the model's */
-    int n_threads;  /* threads, counting the caller (>= 1) */
-    int path;       /* -1: the fastest this CPU has; else KN_PATH_* */
-    int max_tokens; /* most tokens in one llm_decode call; 0: LLM_DEFAULT_MAX_TOKENS */
+    int n_slots;       /* sequences held at once, each with its own KV cache (>= 1) */
+    int n_ctx;         /* positions per slot; 0 or more than the model's: the model's */
+    int n_threads;     /* threads, counting the caller (>= 1) */
+    int path;          /* -1: the fastest this CPU has; else KN_PATH_* */
+    int max_tokens;    /* most tokens in one llm_decode call; 0: LLM_DEFAULT_MAX_TOKENS */
+    long parallel_min; /* jobs of fewer multiply-adds run on the calling thread alone;
+                        * 0: LLM_DEFAULT_PARALLEL_MIN */
+    bool kv_f32;       /* keep keys and values as F32 (default F16, as llama.cpp: half
+                        * the memory; results stay deterministic either way) */
 } llm_ctx_params;
 
 typedef struct llm_ctx llm_ctx;

@@ -22,7 +22,7 @@
 typedef struct run_opts {
     const char *model, *prompt, *logits_path;
     int max_tokens, threads, n_ctx, path;
-    bool json, ignore_eos;
+    bool json, ignore_eos, kv_f32;
     sampler_params sp;
 } run_opts;
 
@@ -44,6 +44,7 @@ void cmd_model_run_usage(FILE *out)
             "  --threads N        threads (default 2)\n"
             "  --ctx N            context positions (default: the model's)\n"
             "  --ignore-eos       keep generating after EOS\n"
+            "  --kv-f32           keep keys and values in F32 (default F16, half the memory)\n"
             "  --scalar           use the portable scalar kernels (same bits, slower)\n");
 }
 
@@ -91,6 +92,7 @@ static int parse_opts(int argc, char **argv, run_opts *o)
         O_CTX,
         O_EOS,
         O_SCALAR,
+        O_KVF32,
         O_HELP
     };
     static const struct option longopts[] = {{"model", required_argument, 0, O_MODEL},
@@ -106,6 +108,7 @@ static int parse_opts(int argc, char **argv, run_opts *o)
                                              {"ctx", required_argument, 0, O_CTX},
                                              {"ignore-eos", no_argument, 0, O_EOS},
                                              {"scalar", no_argument, 0, O_SCALAR},
+                                             {"kv-f32", no_argument, 0, O_KVF32},
                                              {"help", no_argument, 0, O_HELP},
                                              {0, 0, 0, 0}};
     *o = (run_opts){.max_tokens = 32, .threads = 2, .path = -1, .sp = {.top_k = 40, .top_p = 1}};
@@ -361,7 +364,8 @@ int cmd_model_run(int argc, char **argv)
                              .n_ctx = o.n_ctx,
                              .n_threads = o.threads,
                              .path = o.path,
-                             .max_tokens = 64};
+                             .max_tokens = 64,
+                             .kv_f32 = o.kv_f32};
         rc = llm_ctx_new(m, &cp, &c, err, sizeof err);
     }
     if (rc == 0)

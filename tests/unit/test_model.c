@@ -69,15 +69,21 @@ static llm_model *load(const char *path)
     return m;
 }
 
+static bool g_kv_f32; /* the KV cache type ctx() asks for */
+
 static llm_ctx *ctx(const llm_model *m, int slots, int threads, int path, int max_tokens)
 {
     char err[512];
     llm_ctx *c = NULL;
+    /* parallel_min 1: every job is split across the threads, so "2 threads"
+     * really computes rows on both. */
     llm_ctx_params p = {.n_slots = slots,
                         .n_ctx = 96,
                         .n_threads = threads,
                         .path = path,
-                        .max_tokens = max_tokens};
+                        .max_tokens = max_tokens,
+                        .parallel_min = 1,
+                        .kv_f32 = g_kv_f32};
     if (llm_ctx_new(m, &p, &c, err, sizeof err) != 0)
         fail_msg("llm_ctx_new: %s", err);
     return c;
@@ -152,8 +158,9 @@ static void run_batch(llm_ctx *c, const llm_model *m, float *out /* [N_SEQ][N_GE
     }
 }
 
-static void check_determinism(const char *path)
+static void check_determinism(const char *path, bool kv_f32)
 {
+    g_kv_f32 = kv_f32;
     llm_model *m = load(path);
     int V = llm_model_hparams(m)->n_vocab;
     size_t per = (size_t)(N_GEN + 1) * (size_t)V;
@@ -168,21 +175,21 @@ static void check_determinism(const char *path)
     for (size_t i = 0; i < N_SEQ * per; i++)
         assert_true(isfinite(ref[i]));
 
-    const kn_ops *best = kn_ops_best();
-    int paths[2] = {KN_PATH_SCALAR, best->path};
-    for (int pi = 0; pi < 2; pi++) {
-        if (pi == 1 && best->path == KN_PATH_SCALAR) {
-            print_message("note: this CPU has no SIMD path; scalar only\n");
-            break;
-        }
+    if (kn_ops_best()->path == KN_PATH_SCALAR)
+        print_message("note: this CPU has no SIMD path; scalar only\n");
+    int paths[] = {KN_PATH_SCALAR, KN_PATH_AVX2, KN_PATH_AVX512};
+    for (size_t pi = 0; pi < sizeof paths / sizeof paths[0]; pi++) {
+        if (!kn_ops_get(paths[pi]))
+            continue; /* not on this CPU */
         for (int threads = 1; threads <= 2; threads++) {
             /* Alone, prompt in chunks of 3. */
             c = ctx(m, 1, threads, paths[pi], 64);
             for (int s = 0; s < N_SEQ; s++) {
                 run_alone(c, m, s, 3, got + (size_t)s * per);
                 if (memcmp(got + (size_t)s * per, ref + (size_t)s * per, per * sizeof *got) != 0)
-                    fail_msg("%s: sequence %d alone differs (path %s, %d threads, chunks of 3)",
-                             path, s, kn_ops_get(paths[pi])->name, threads);
+                    fail_msg("%s: sequence %d alone differs (path %s, %d threads, chunks of 3, "
+                             "%s KV)",
+                             path, s, kn_ops_get(paths[pi])->name, threads, kv_f32 ? "F32" : "F16");
             }
             llm_ctx_free(c);
             /* In a batch of 8. */
@@ -203,19 +210,20 @@ static void check_determinism(const char *path)
 static void test_determinism_f32(void **state)
 {
     (void)state;
-    check_determinism(g_f32);
+    check_determinism(g_f32, true);
+    check_determinism(g_f32, false);
 }
 
 static void test_determinism_f16(void **state)
 {
     (void)state;
-    check_determinism(g_f16);
+    check_determinism(g_f16, false);
 }
 
 static void test_determinism_q8_0(void **state)
 {
     (void)state;
-    check_determinism(g_q8);
+    check_determinism(g_q8, false);
 }
 
 /* Quantized models stay close to the model they came from. */
