@@ -12,8 +12,9 @@
 #include <string.h>
 #include <xxhash.h>
 
-#define ROW_ALIGN 8 /* rows per task come in multiples of this (kernel tiles) */
-#define ATTN_COST 8 /* an attention multiply-add, in matmul multiply-adds */
+#define ROW_ALIGN 8       /* rows per task come in multiples of this (kernel tiles) */
+#define LLM_MAX_GROUPS 64 /* most sequence groups decoded side by side */
+#define ATTN_COST 8       /* an attention multiply-add, in matmul multiply-adds */
 
 typedef struct layer_w {
     const float *attn_norm, *ffn_norm;
@@ -313,6 +314,18 @@ typedef struct row_info {
     int pos;
 } row_info;
 
+/* Buffers for one forward pass over up to max_tokens rows.  A decode step
+ * runs either as one pass whose matmuls are split by rows across the pool
+ * (scratch 0, par set), or as one pass per thread over its own sequences
+ * (scratch i, par clear). */
+typedef struct scratch {
+    bool par; /* may hand jobs to the pool */
+    float *x, *xb, *q, *k, *v, *att, *gate, *up, *logit_rows;
+    kn_q8 *xq;     /* quantized activations, max_tokens rows of n_max/32 blocks */
+    float *scores; /* per thread: n_ctx attention scores */
+    row_info *rows;
+} scratch;
+
 struct llm_ctx {
     const llm_model *m;
     const kn_ops *ops;
@@ -326,12 +339,9 @@ struct llm_ctx {
     int kv_type;                                            /* KN_F16 or KN_F32 */
     size_t kv_elem;                                         /* bytes per element */
     size_t kv_slot_stride, kv_layer_stride, kv_head_stride; /* in elements */
-    /* scratch, max_tokens rows each */
-    float *x, *xb, *q, *k, *v, *att, *gate, *up, *logit_rows;
-    kn_q8 *xq;     /* quantized activations, max_tokens rows of n_max/32 blocks */
-    size_t xq_row; /* blocks per row of xq */
-    float *scores; /* per thread: n_ctx attention scores */
-    row_info *rows;
+    size_t xq_row;                                          /* blocks per row of a scratch's xq */
+    int n_scratch;                                          /* one scratch set per thread */
+    scratch *scratch;
 };
 
 int llm_ctx_new(const llm_model *m, const llm_ctx_params *p, llm_ctx **out, char *err,
@@ -372,21 +382,27 @@ int llm_ctx_new(const llm_model *m, const llm_ctx_params *p, llm_ctx **out, char
     c->slot_pos = calloc((size_t)c->n_slots, sizeof *c->slot_pos);
     c->k_cache = malloc(c->kv_slot_stride * (size_t)c->n_slots * c->kv_elem);
     c->v_cache = malloc(c->kv_slot_stride * (size_t)c->n_slots * c->kv_elem);
-    c->x = malloc(T * (size_t)hp->n_embd * sizeof(float));
-    c->xb = malloc(T * (size_t)hp->n_embd * sizeof(float));
-    c->q = malloc(T * (size_t)hp->n_embd * sizeof(float));
-    c->att = malloc(T * (size_t)hp->n_embd * sizeof(float));
-    c->k = malloc(T * n_kv * sizeof(float));
-    c->v = malloc(T * n_kv * sizeof(float));
-    c->gate = malloc(T * (size_t)hp->n_ff * sizeof(float));
-    c->up = malloc(T * (size_t)hp->n_ff * sizeof(float));
-    c->logit_rows = malloc(T * (size_t)hp->n_vocab * sizeof(float));
-    c->xq = malloc(T * c->xq_row * sizeof(kn_q8));
-    c->scores = malloc((size_t)p->n_threads * (size_t)c->n_ctx * sizeof(float));
-    c->rows = malloc(T * sizeof *c->rows);
-    if (rc < 0 || !c->slot_pos || !c->k_cache || !c->v_cache || !c->x || !c->xb || !c->q ||
-        !c->att || !c->k || !c->v || !c->gate || !c->up || !c->logit_rows || !c->xq || !c->scores ||
-        !c->rows) {
+    c->n_scratch = p->n_threads;
+    c->scratch = calloc((size_t)c->n_scratch, sizeof *c->scratch);
+    bool ok = rc == 0 && c->slot_pos && c->k_cache && c->v_cache && c->scratch;
+    for (int i = 0; ok && i < c->n_scratch; i++) {
+        scratch *sc = &c->scratch[i];
+        sc->x = malloc(T * (size_t)hp->n_embd * sizeof(float));
+        sc->xb = malloc(T * (size_t)hp->n_embd * sizeof(float));
+        sc->q = malloc(T * (size_t)hp->n_embd * sizeof(float));
+        sc->att = malloc(T * (size_t)hp->n_embd * sizeof(float));
+        sc->k = malloc(T * n_kv * sizeof(float));
+        sc->v = malloc(T * n_kv * sizeof(float));
+        sc->gate = malloc(T * (size_t)hp->n_ff * sizeof(float));
+        sc->up = malloc(T * (size_t)hp->n_ff * sizeof(float));
+        sc->logit_rows = malloc(T * (size_t)hp->n_vocab * sizeof(float));
+        sc->xq = malloc(T * c->xq_row * sizeof(kn_q8));
+        sc->scores = malloc((size_t)p->n_threads * (size_t)c->n_ctx * sizeof(float));
+        sc->rows = malloc(T * sizeof *sc->rows);
+        ok = sc->x && sc->xb && sc->q && sc->att && sc->k && sc->v && sc->gate && sc->up &&
+             sc->logit_rows && sc->xq && sc->scores && sc->rows;
+    }
+    if (!ok) {
         llm_ctx_free(c);
         return fb_errf(err, errlen, FB_ENOMEM,
                        "out of memory for %d slots of %d positions (KV cache %.1f MiB)", p->n_slots,
@@ -404,18 +420,22 @@ void llm_ctx_free(llm_ctx *c)
     free(c->slot_pos);
     free(c->k_cache);
     free(c->v_cache);
-    free(c->x);
-    free(c->xb);
-    free(c->q);
-    free(c->att);
-    free(c->k);
-    free(c->v);
-    free(c->gate);
-    free(c->up);
-    free(c->logit_rows);
-    free(c->xq);
-    free(c->scores);
-    free(c->rows);
+    for (int i = 0; c->scratch && i < c->n_scratch; i++) {
+        scratch *sc = &c->scratch[i];
+        free(sc->x);
+        free(sc->xb);
+        free(sc->q);
+        free(sc->att);
+        free(sc->k);
+        free(sc->v);
+        free(sc->gate);
+        free(sc->up);
+        free(sc->logit_rows);
+        free(sc->xq);
+        free(sc->scores);
+        free(sc->rows);
+    }
+    free(c->scratch);
     free(c);
 }
 
@@ -454,8 +474,28 @@ int llm_ctx_slot_pos(const llm_ctx *c, int slot)
 
 /* ---- the forward pass ---- */
 
-/* Up to three matmuls sharing one input, split across the pool by output
- * rows of their concatenation. */
+/* Run fn as n tasks: through the pool when this pass may use it, else
+ * inline as one task (the pass already runs on a pool thread). */
+static void run_tasks(llm_ctx *c, const scratch *s, kn_task_fn fn, void *arg, int n)
+{
+    if (s->par && n > 1)
+        kn_pool_run_tasks(c->pool, fn, arg, n);
+    else
+        fn(arg, 0, 1);
+}
+
+/* How many tasks to split a job of `work` multiply-adds into: one (the
+ * caller alone) when waking a worker would cost more than it saves, else
+ * four per thread so the caller can take over the share of a worker that
+ * starts late.  Any split gives the same bits. */
+static int tasks_for(const llm_ctx *c, const scratch *s, long work)
+{
+    int threads = kn_pool_threads(c->pool);
+    return !s->par || threads == 1 || work < c->parallel_min ? 1 : 4 * threads;
+}
+
+/* Up to three matmuls sharing one input, split by output rows of their
+ * concatenation. */
 typedef struct mm_job {
     const kn_ops *ops;
     int n;
@@ -509,14 +549,15 @@ static void mm_task(void *arg, int ith, int nth)
 
 /* Prepare the input rows for weights of w's type: quantized blocks for Q8_0,
  * the floats themselves otherwise. */
-static void mm_input(llm_ctx *c, const kn_weight *w, const float *x, int n_tok, mm_job *j)
+static void mm_input(llm_ctx *c, scratch *s, const kn_weight *w, const float *x, int n_tok,
+                     mm_job *j)
 {
     j->n_tok = n_tok;
     if (w->type == KN_Q8_0) {
         for (int t = 0; t < n_tok; t++)
-            c->ops->quantize_q8(x + (size_t)t * (size_t)w->n_in, c->xq + (size_t)t * c->xq_row,
+            c->ops->quantize_q8(x + (size_t)t * (size_t)w->n_in, s->xq + (size_t)t * c->xq_row,
                                 w->n_in);
-        j->x = c->xq;
+        j->x = s->xq;
         j->x_stride = c->xq_row * sizeof(kn_q8);
     } else {
         j->x = x;
@@ -524,57 +565,45 @@ static void mm_input(llm_ctx *c, const kn_weight *w, const float *x, int n_tok, 
     }
 }
 
-/* How many tasks to split a job of `work` multiply-adds into: one (the
- * caller alone) when waking a worker would cost more than it saves, else two
- * per thread so the caller can take over the share of a worker that starts
- * late.  Any split gives the same bits. */
-static int tasks_for(const llm_ctx *c, long work)
-{
-    int threads = kn_pool_threads(c->pool);
-    return threads == 1 || work < c->parallel_min ? 1 : 4 * threads;
-}
-
-static void matmuls(llm_ctx *c, const float *x, int n_tok, int n, const kn_weight *w0, float *y0,
-                    const kn_weight *w1, float *y1, const kn_weight *w2, float *y2);
-
-/* gate <- silu(gate x) * (up x), row-split with the SwiGLU fused in when the
- * two weights share a type (else two matmuls, then SwiGLU on the caller). */
-static void ffn_up(llm_ctx *c, const layer_w *L, const float *x, int n_tok)
-{
-    int F = c->m->hp.n_ff;
-    if (L->gate.type != L->up.type) {
-        matmuls(c, x, n_tok, 2, &L->gate, c->gate, &L->up, c->up, NULL, NULL);
-        for (int t = 0; t < n_tok; t++)
-            kn_swiglu(c->gate + (size_t)t * F, c->up + (size_t)t * F, c->gate + (size_t)t * F, F);
-        return;
-    }
-    mm_job j = {
-        .ops = c->ops, .n = 2, .w = {&L->gate, &L->up}, .y = {c->gate, c->up}, .swiglu = true};
-    mm_input(c, &L->gate, x, n_tok, &j);
-    long macs = 2L * n_tok * F * L->gate.n_in;
-    kn_pool_run_tasks(c->pool, mm_task, &j, tasks_for(c, macs));
-}
-
 /* y_i = w_i x for up to three weights of one type and input width. */
-static void matmuls(llm_ctx *c, const float *x, int n_tok, int n, const kn_weight *w0, float *y0,
-                    const kn_weight *w1, float *y1, const kn_weight *w2, float *y2)
+static void matmuls(llm_ctx *c, scratch *s, const float *x, int n_tok, int n, const kn_weight *w0,
+                    float *y0, const kn_weight *w1, float *y1, const kn_weight *w2, float *y2)
 {
     mm_job j = {.ops = c->ops, .n = n, .w = {w0, w1, w2}, .y = {y0, y1, y2}};
     /* Fused weights must agree on type and width to share the input. */
     for (int i = 1; i < n; i++)
         if (j.w[i]->type != w0->type || j.w[i]->n_in != w0->n_in)
             j.n = 1;
-    mm_input(c, w0, x, n_tok, &j);
+    mm_input(c, s, w0, x, n_tok, &j);
     long macs = 0;
     for (int i = 0; i < j.n; i++)
         macs += (long)n_tok * j.w[i]->n_out * j.w[i]->n_in;
-    kn_pool_run_tasks(c->pool, mm_task, &j, tasks_for(c, macs));
+    run_tasks(c, s, mm_task, &j, tasks_for(c, s, macs));
     for (int i = j.n; i < n; i++) /* mismatched types: one at a time */
-        matmuls(c, x, n_tok, 1, j.w[i], j.y[i], NULL, NULL, NULL, NULL);
+        matmuls(c, s, x, n_tok, 1, j.w[i], j.y[i], NULL, NULL, NULL, NULL);
+}
+
+/* gate <- silu(gate x) * (up x), row-split with the SwiGLU fused in when the
+ * two weights share a type (else two matmuls, then SwiGLU serially). */
+static void ffn_up(llm_ctx *c, scratch *s, const layer_w *L, const float *x, int n_tok)
+{
+    size_t F = (size_t)c->m->hp.n_ff;
+    if (L->gate.type != L->up.type) {
+        matmuls(c, s, x, n_tok, 2, &L->gate, s->gate, &L->up, s->up, NULL, NULL);
+        for (int t = 0; t < n_tok; t++)
+            kn_swiglu(s->gate + t * F, s->up + t * F, s->gate + t * F, (int)F);
+        return;
+    }
+    mm_job j = {
+        .ops = c->ops, .n = 2, .w = {&L->gate, &L->up}, .y = {s->gate, s->up}, .swiglu = true};
+    mm_input(c, s, &L->gate, x, n_tok, &j);
+    long macs = 2L * n_tok * (long)F * L->gate.n_in;
+    run_tasks(c, s, mm_task, &j, tasks_for(c, s, macs));
 }
 
 typedef struct attn_job {
     llm_ctx *c;
+    scratch *s;
     int layer, n_tok;
 } attn_job;
 
@@ -584,17 +613,18 @@ static void attn_task(void *arg, int ith, int nth)
 {
     const attn_job *j = arg;
     llm_ctx *c = j->c;
+    scratch *s = j->s;
     const llm_hparams *hp = &c->m->hp;
     int hd = hp->head_dim, group = hp->n_head / hp->n_head_kv;
     float scale = 1.0f / sqrtf((float)hd);
-    float *sc = c->scores + (size_t)ith * (size_t)c->n_ctx;
+    float *sc = s->scores + (size_t)ith * (size_t)c->n_ctx;
     float q16[LLM_MAX_HEAD_DIM];
     for (int i = ith; i < j->n_tok * hp->n_head; i += nth) {
         int t = i / hp->n_head, h = i % hp->n_head;
-        const row_info *r = &c->rows[t];
+        const row_info *r = &s->rows[t];
         size_t base = (size_t)r->slot * c->kv_slot_stride + (size_t)j->layer * c->kv_layer_stride +
                       (size_t)(h / group) * c->kv_head_stride;
-        const float *q = c->q + (size_t)t * (size_t)hp->n_embd + (size_t)h * (size_t)hd;
+        const float *q = s->q + (size_t)t * (size_t)hp->n_embd + (size_t)h * (size_t)hd;
         int n = r->pos + 1;
         if (c->kv_type == KN_F16) { /* as llama.cpp: F16 keys meet an F16 query */
             memcpy(q16, q, (size_t)hd * sizeof(float));
@@ -607,7 +637,7 @@ static void attn_task(void *arg, int ith, int nth)
         kn_softmax(sc, n, scale);
         if (c->kv_type == KN_F16) /* and F16 values F16 weights */
             c->ops->round_f16(sc, n);
-        float *o = c->att + (size_t)t * (size_t)hp->n_embd + (size_t)h * (size_t)hd;
+        float *o = s->att + (size_t)t * (size_t)hp->n_embd + (size_t)h * (size_t)hd;
         memset(o, 0, (size_t)hd * sizeof(float));
         c->ops->axpy_rows(c->kv_type, hd, sc, vb, (size_t)hd, n, o);
     }
@@ -623,18 +653,18 @@ static void store_kv(const llm_ctx *c, void *cache, size_t at, const float *x, s
     c->ops->to_f16(x, (uint16_t *)cache + at, (int)n);
 }
 
-static void attention(llm_ctx *c, int layer, int n_tok)
+static void attention(llm_ctx *c, scratch *s, int layer, int n_tok)
 {
     const llm_hparams *hp = &c->m->hp;
     int n_kv = hp->n_head_kv * hp->head_dim;
     long work = 0;
     for (int t = 0; t < n_tok; t++) {
-        const row_info *r = &c->rows[t];
-        float *q = c->q + (size_t)t * (size_t)hp->n_embd;
-        float *k = c->k + (size_t)t * (size_t)n_kv;
+        const row_info *r = &s->rows[t];
+        float *q = s->q + (size_t)t * (size_t)hp->n_embd;
+        float *k = s->k + (size_t)t * (size_t)n_kv;
         kn_rope(q, hp->n_head, hp->head_dim, hp->n_rot, r->pos, hp->rope_base);
         kn_rope(k, hp->n_head_kv, hp->head_dim, hp->n_rot, r->pos, hp->rope_base);
-        const float *v = c->v + (size_t)t * (size_t)n_kv;
+        const float *v = s->v + (size_t)t * (size_t)n_kv;
         size_t hd = (size_t)hp->head_dim;
         for (int h = 0; h < hp->n_head_kv; h++) {
             size_t at = (size_t)r->slot * c->kv_slot_stride + (size_t)layer * c->kv_layer_stride +
@@ -642,14 +672,13 @@ static void attention(llm_ctx *c, int layer, int n_tok)
             store_kv(c, c->k_cache, at, k + (size_t)h * hd, hd);
             store_kv(c, c->v_cache, at, v + (size_t)h * hd, hd);
         }
-        /* Weighted as ATTN_COST multiply-adds each: they stream F32 keys and
+        /* Weighted as ATTN_COST multiply-adds each: they stream keys and
          * values from memory where a Q8_0 matmul reuses its weights. */
         work += ATTN_COST * 2L * (r->pos + 1) * hp->n_head * hp->head_dim;
     }
-    attn_job j = {.c = c, .layer = layer, .n_tok = n_tok};
+    attn_job j = {.c = c, .s = s, .layer = layer, .n_tok = n_tok};
     /* One task per thread at most: each task has its own score buffer. */
-    kn_pool_run_tasks(c->pool, attn_task, &j,
-                      tasks_for(c, work) > 1 ? kn_pool_threads(c->pool) : 1);
+    run_tasks(c, s, attn_task, &j, tasks_for(c, s, work) > 1 ? kn_pool_threads(c->pool) : 1);
 }
 
 static void add_rows(float *x, const float *y, size_t n)
@@ -658,22 +687,93 @@ static void add_rows(float *x, const float *y, size_t n)
         x[i] = x[i] + y[i];
 }
 
-static void layer_forward(llm_ctx *c, int l, int n_tok)
+static void layer_forward(llm_ctx *c, scratch *s, int l, int n_tok)
 {
     const llm_hparams *hp = &c->m->hp;
     const layer_w *L = &c->m->layers[l];
     size_t E = (size_t)hp->n_embd;
     for (int t = 0; t < n_tok; t++)
-        kn_rmsnorm(c->x + t * E, L->attn_norm, c->xb + t * E, hp->n_embd, hp->rms_eps);
-    matmuls(c, c->xb, n_tok, 3, &L->wq, c->q, &L->wk, c->k, &L->wv, c->v);
-    attention(c, l, n_tok);
-    matmuls(c, c->att, n_tok, 1, &L->wo, c->xb, NULL, NULL, NULL, NULL);
-    add_rows(c->x, c->xb, (size_t)n_tok * E);
+        kn_rmsnorm(s->x + t * E, L->attn_norm, s->xb + t * E, hp->n_embd, hp->rms_eps);
+    matmuls(c, s, s->xb, n_tok, 3, &L->wq, s->q, &L->wk, s->k, &L->wv, s->v);
+    attention(c, s, l, n_tok);
+    matmuls(c, s, s->att, n_tok, 1, &L->wo, s->xb, NULL, NULL, NULL, NULL);
+    add_rows(s->x, s->xb, (size_t)n_tok * E);
     for (int t = 0; t < n_tok; t++)
-        kn_rmsnorm(c->x + t * E, L->ffn_norm, c->xb + t * E, hp->n_embd, hp->rms_eps);
-    ffn_up(c, L, c->xb, n_tok);
-    matmuls(c, c->gate, n_tok, 1, &L->down, c->xb, NULL, NULL, NULL, NULL);
-    add_rows(c->x, c->xb, (size_t)n_tok * E);
+        kn_rmsnorm(s->x + t * E, L->ffn_norm, s->xb + t * E, hp->n_embd, hp->rms_eps);
+    ffn_up(c, s, L, s->xb, n_tok);
+    matmuls(c, s, s->gate, n_tok, 1, &L->down, s->xb, NULL, NULL, NULL, NULL);
+    add_rows(s->x, s->xb, (size_t)n_tok * E);
+}
+
+/* The whole forward pass for seqs[0..n_seqs) with buffers s: embeddings,
+ * layers, then the final norm and output projection for the rows whose
+ * logits are wanted (gathered so the projection runs once for all). */
+static void forward(llm_ctx *c, scratch *s, const llm_seq *seqs, int n_seqs)
+{
+    const llm_model *m = c->m;
+    const llm_hparams *hp = &m->hp;
+    size_t E = (size_t)hp->n_embd, V = (size_t)hp->n_vocab;
+    int t = 0;
+    for (int q = 0; q < n_seqs; q++)
+        for (int i = 0; i < seqs[q].n_tokens; i++, t++) {
+            s->rows[t] = (row_info){.slot = seqs[q].slot, .pos = c->slot_pos[seqs[q].slot] + i};
+            const char *row =
+                (const char *)m->tok_embd.data + (size_t)seqs[q].tokens[i] * m->tok_embd.row_bytes;
+            kn_row_to_f32(m->tok_embd.type, row, s->x + (size_t)t * E, hp->n_embd);
+        }
+    int n_tok = t;
+    for (int l = 0; l < hp->n_layer; l++)
+        layer_forward(c, s, l, n_tok);
+    int n_out = 0;
+    t = 0;
+    for (int q = 0; q < n_seqs; q++)
+        for (int i = 0; i < seqs[q].n_tokens; i++, t++)
+            if (seqs[q].logits && (seqs[q].logits_all || i == seqs[q].n_tokens - 1))
+                kn_rmsnorm(s->x + (size_t)t * E, m->output_norm, s->xb + (size_t)n_out++ * E,
+                           hp->n_embd, hp->rms_eps);
+    if (n_out > 0)
+        matmuls(c, s, s->xb, n_out, 1, &m->output, s->logit_rows, NULL, NULL, NULL, NULL);
+    const float *src = s->logit_rows;
+    for (int q = 0; q < n_seqs; q++)
+        if (seqs[q].logits) {
+            size_t rows = seqs[q].logits_all ? (size_t)seqs[q].n_tokens : 1;
+            memcpy(seqs[q].logits, src, rows * V * sizeof(float));
+            src += rows * V;
+        }
+}
+
+/* Sequence groups, one per thread, each decoded by its own forward pass. */
+typedef struct group_job {
+    llm_ctx *c;
+    const llm_seq *seqs;
+    int first[LLM_MAX_GROUPS + 1]; /* group g holds seqs[first[g] .. first[g+1]) */
+} group_job;
+
+static void group_task(void *arg, int ith, int nth)
+{
+    (void)nth;
+    group_job *j = arg;
+    scratch *s = &j->c->scratch[ith];
+    s->par = false;
+    forward(j->c, s, j->seqs + j->first[ith], j->first[ith + 1] - j->first[ith]);
+}
+
+/* Cut seqs into `groups` contiguous groups of about equal token counts.
+ * Returns the number of non-empty groups, or 0 when the tokens cannot be
+ * balanced (one sequence holds more than a group's fair share by half). */
+static int split_groups(const llm_seq *seqs, int n_seqs, int n_tok, int groups, int *first)
+{
+    int g = 0, acc = 0;
+    first[0] = 0;
+    for (int q = 0; q < n_seqs; q++) {
+        if (2 * seqs[q].n_tokens * groups > 3 * n_tok)
+            return 0;
+        acc += seqs[q].n_tokens;
+        if (g + 1 < groups && (long)acc * groups >= (long)n_tok * (g + 1) && q + 1 < n_seqs)
+            first[++g] = q + 1;
+    }
+    first[++g] = n_seqs;
+    return g;
 }
 
 static int check_batch(const llm_ctx *c, const llm_seq *seqs, int n_seqs, int *n_tok, char *err,
@@ -712,46 +812,29 @@ static int check_batch(const llm_ctx *c, const llm_seq *seqs, int n_seqs, int *n
 
 int llm_decode(llm_ctx *c, const llm_seq *seqs, int n_seqs, char *err, size_t errlen)
 {
-    const llm_model *m = c->m;
-    const llm_hparams *hp = &m->hp;
-    size_t E = (size_t)hp->n_embd;
+    const llm_hparams *hp = &c->m->hp;
     int n_tok = 0;
     int rc = check_batch(c, seqs, n_seqs, &n_tok, err, errlen);
     if (rc < 0)
         return rc;
-    int t = 0;
-    for (int s = 0; s < n_seqs; s++)
-        for (int i = 0; i < seqs[s].n_tokens; i++, t++) {
-            c->rows[t] = (row_info){.slot = seqs[s].slot, .pos = c->slot_pos[seqs[s].slot] + i};
-            const char *row =
-                (const char *)m->tok_embd.data + (size_t)seqs[s].tokens[i] * m->tok_embd.row_bytes;
-            kn_row_to_f32(m->tok_embd.type, row, c->x + (size_t)t * E, hp->n_embd);
-        }
-    for (int l = 0; l < hp->n_layer; l++)
-        layer_forward(c, l, n_tok);
-    /* Final norm and output projection, only for the rows whose logits are
-     * wanted (gathered into xb so the projection runs once for all). */
-    int n_out = 0;
-    t = 0;
-    for (int s = 0; s < n_seqs; s++) {
-        for (int i = 0; i < seqs[s].n_tokens; i++, t++) {
-            bool want = seqs[s].logits && (seqs[s].logits_all || i == seqs[s].n_tokens - 1);
-            if (want)
-                kn_rmsnorm(c->x + (size_t)t * E, m->output_norm, c->xb + (size_t)n_out++ * E,
-                           hp->n_embd, hp->rms_eps);
-        }
+    /* Several sequences: one forward pass per thread over its own share of
+     * them, so the threads meet once per step instead of at every matmul
+     * (each re-reads the weights, which costs less than ~30 us per wake).
+     * One sequence, or a lopsided batch: one pass, matmuls split by rows. */
+    int threads = kn_pool_threads(c->pool);
+    int groups = threads < LLM_MAX_GROUPS ? threads : LLM_MAX_GROUPS;
+    long macs = (long)n_tok * hp->n_layer * (4L * hp->n_embd + 3L * hp->n_ff) * hp->n_embd;
+    group_job gj = {.c = c, .seqs = seqs};
+    int n_groups = groups > 1 && n_seqs >= groups && macs >= c->parallel_min
+                       ? split_groups(seqs, n_seqs, n_tok, groups, gj.first)
+                       : 0;
+    if (n_groups > 1) {
+        kn_pool_run_tasks(c->pool, group_task, &gj, n_groups);
+    } else {
+        c->scratch[0].par = true;
+        forward(c, &c->scratch[0], seqs, n_seqs);
     }
-    if (n_out > 0)
-        matmuls(c, c->xb, n_out, 1, &m->output, c->logit_rows, NULL, NULL, NULL, NULL);
-    size_t V = (size_t)hp->n_vocab;
-    const float *src = c->logit_rows;
-    for (int s = 0; s < n_seqs; s++) {
-        if (seqs[s].logits) {
-            size_t rows = seqs[s].logits_all ? (size_t)seqs[s].n_tokens : 1;
-            memcpy(seqs[s].logits, src, rows * V * sizeof(float));
-            src += rows * V;
-        }
-        c->slot_pos[seqs[s].slot] += seqs[s].n_tokens;
-    }
+    for (int q = 0; q < n_seqs; q++)
+        c->slot_pos[seqs[q].slot] += seqs[q].n_tokens;
     return 0;
 }
