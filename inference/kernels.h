@@ -2,9 +2,11 @@
  * reduction order each so that results are bit-for-bit reproducible.
  *
  * Determinism contract.  Every kernel below defines exactly which float
- * operations happen in which order; the scalar path and the SIMD path
- * (AVX2, chosen at run time when the CPU has AVX2+FMA+F16C) perform the same
- * operations in the same order, so they return identical bits.  The library
+ * operations happen in which order; the scalar path and the SIMD paths
+ * (AVX2 when the CPU has AVX2+FMA+F16C; AVX-512 VNNI, whose only change is
+ * how the exact integer sums are formed; the fastest is chosen at run time)
+ * perform the same operations in the same order, so they return identical
+ * bits.  The library
  * is compiled with -ffp-contract=off and the SIMD path uses separate multiply
  * and add (never a fused multiply-add), so neither the compiler nor the path
  * can change a rounding.  A matmul output element depends only on its weight

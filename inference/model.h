@@ -63,10 +63,11 @@ const char *llm_model_name(const llm_model *m); /* general.name or the file name
 #define LLM_MAX_HEAD_DIM 512
 #define LLM_DEFAULT_MAX_TOKENS 256 /* tokens per llm_decode call */
 /* Waking a sleeping worker costs ~10 us on the caller and ~30 us before the
- * worker runs on a KVM guest without halt polling (measured here), so a job
- * is split across threads only above this many multiply-adds (~2 ms of one
- * core at Q8_0 speed would be 60M; 4M is ~150 us).  Single-sequence decode of
- * a small model then runs on one thread; batches and prompts use them all. */
+ * worker runs on a KVM guest without halt polling (measured here), so within
+ * one forward pass a job is split across threads only above this many
+ * multiply-adds (~150 us of one core at Q8_0 speed).  Single-sequence decode
+ * of a small model then runs on one thread; prompts, and batches of several
+ * sequences (one group per thread), use them all. */
 #define LLM_DEFAULT_PARALLEL_MIN (4L << 20)
 
 typedef struct llm_ctx_params {
@@ -108,8 +109,10 @@ typedef struct llm_seq {
     bool logits_all;
 } llm_seq;
 
-/* Run the forward pass for n_seqs sequences together (weights streamed once
- * for all of them).  Errors, with nothing changed: FB_EINVAL (slot out of
+/* Run the forward pass for n_seqs sequences together: with several threads
+ * and sequences, one group of sequences per thread (each streams the weights
+ * once for its group); otherwise one pass with the weights streamed once for
+ * all.  Logits are the same bits either way.  Errors, with nothing changed: FB_EINVAL (slot out of
  * range or repeated, token id out of range, n_tokens < 1), FB_ETOOBIG (more
  * than max_tokens in all, or a slot would pass n_ctx). */
 int llm_decode(llm_ctx *c, const llm_seq *seqs, int n_seqs, char *err, size_t errlen);

@@ -4,7 +4,7 @@
  * quantization buys (file size, decode speed) and costs (logit error against
  * the F32 model it was quantized from).
  *
- *   bench_infer [--model FILE] [--threads N] [--steps N] [--scalar] [--no-quant]
+ *   bench_infer [--model FILE] [--threads N] [--steps N] [--scalar|--avx2] [--no-quant]
  *               [--seqs N] [--parallel-min MACS] [--rounds N] [--kv-f32]
  *
  * Decode runs --steps greedy steps (default 128, as llama-bench's tg128)
@@ -237,6 +237,8 @@ int main(int argc, char **argv)
             b.steps = atoi(argv[++i]);
         else if (strcmp(argv[i], "--scalar") == 0)
             b.path = KN_PATH_SCALAR;
+        else if (strcmp(argv[i], "--avx2") == 0)
+            b.path = KN_PATH_AVX2;
         else if (strcmp(argv[i], "--no-quant") == 0)
             quant = false;
         else if (strcmp(argv[i], "--rounds") == 0 && i + 1 < argc)
@@ -249,7 +251,7 @@ int main(int argc, char **argv)
             only = atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: bench_infer [--model FILE] [--threads N] [--steps N] "
-                            "[--scalar] [--no-quant] [--seqs N] [--parallel-min MACS] "
+                            "[--scalar|--avx2] [--no-quant] [--seqs N] [--parallel-min MACS] "
                             "[--rounds N] [--kv-f32]\n");
             return 2;
         }
@@ -263,8 +265,12 @@ int main(int argc, char **argv)
         return 2;
     }
     const kn_ops *ops = b.path < 0 ? kn_ops_best() : kn_ops_get(b.path);
-    printf("bench_infer: %d threads, kernels %s, %d decode steps per run\n", b.threads, ops->name,
-           b.steps);
+    if (!ops) {
+        fprintf(stderr, "bench_infer: this CPU cannot run the requested kernels\n");
+        return 2;
+    }
+    printf("bench_infer: %d threads, kernels %s, %s KV cache, %d decode steps per round\n",
+           b.threads, ops->name, b.kv_f32 ? "F32" : "F16", b.steps);
     if (model) {
         llm_model *m = load(model);
         describe(m, model);
