@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # deploy/quickstart.sh - install what is missing, build, and run the main job:
-# a local 4-node fedbft cluster on 127.0.0.1 that commits writes and serves
-# reads, then shows each node's status.  The cluster keeps running; stop it
+# a local 4-node fedbft cluster on 127.0.0.1 that commits writes, serves
+# reads and runs inference on the synthesized small model through node 0's
+# OpenAI-style HTTP API, then shows each node's status.  The cluster keeps running; stop it
 # with:  ./build/fedbft cluster down --dir out/quickstart
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +35,14 @@ set +x
 echo
 echo "== 200 writes from 8 concurrent clients"
 "$F" client --cluster "$dir/cluster.json" --keys "$dir/clients" load --writes 200 --concurrency 8
+echo
+port=$(sed -n 's/.*"http_port": *\([0-9]*\).*/\1/p' "$dir/node0/node.json")
+echo "== inference through node 0's HTTP API (OpenAI-style; the model is random, so is the text)"
+set -x
+curl -sS "http://127.0.0.1:$port/v1/models"; echo
+curl -sS "http://127.0.0.1:$port/v1/completions" -H 'Content-Type: application/json' \
+    -d '{"prompt": "The federation agreed on", "max_tokens": 16, "temperature": 0}'; echo
+set +x
 echo
 echo "== fedbft cluster status --dir $dir"
 "$F" cluster status --dir "$dir"

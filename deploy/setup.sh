@@ -17,6 +17,7 @@ pkgs=(
     libjansson-dev                       # JSON: config, admin socket, HTTP API
     libhttp-parser-dev                   # HTTP/1.1 server
     libcmocka-dev                        # unit tests
+    python3 curl                         # integration tests: JSON checks, HTTP API
 )
 case "${1:-}" in
     --fuzz) pkgs+=(clang libclang-rt-14-dev) ;;

@@ -19,6 +19,8 @@
 
 #include "admin.h"
 #include "config.h"
+#include "model.h"
+#include "synth.h"
 #include "fb_error.h"
 #include "keys.h"
 
@@ -69,7 +71,7 @@ void cmd_cluster_usage(FILE *out)
             "machine, with its files under one directory.\n\n"
             "Subcommands:\n"
             "  init --nodes N --dir DIR [--base-port P] [--clients C] [--host H]\n"
-            "       [--durability fsync|os] [--force]\n"
+            "       [--durability fsync|os] [--model FILE|none] [--force]\n"
             "      Make keys and configs: DIR/cluster.json, DIR/node<i>/{node.json,node.key},\n"
             "      DIR/clients/client<j>/node.key (client ids 1000+j).  Replica i listens on\n"
             "      port P+i for replicas, P+100+i for clients and P+200+i for HTTP.  Nodes\n"
@@ -77,6 +79,9 @@ void cmd_cluster_usage(FILE *out)
             "      H 127.0.0.1, durability fsync.  N is 4..%d.  Refuses to overwrite an\n"
             "      existing DIR/cluster.json unless --force, which also makes new keys and\n"
             "      deletes each node's old data directory (it belongs to the old cluster).\n"
+            "      Every node serves inference from DIR/model.gguf, the small preset\n"
+            "      synthesized there (about 30 MB, no download), or from --model FILE (any\n"
+            "      llama GGUF); --model none serves none.\n"
             "  up --dir DIR [--binary PATH] [--timeout S]\n"
             "      Start every node that is not running (`PATH run --config\n"
             "      DIR/node<i>/node.json`, output appended to DIR/node<i>/node.log), then\n"
@@ -618,6 +623,8 @@ static int stop_nodes(const cluster_dir *cd, const uint32_t *ids, const pid_t *p
 
 typedef struct cluster_opts {
     const char *dir, *binary, *host;
+    const char *model; /* init: NULL synthesizes the small model; "none": no inference */
+    char model_path[CFG_PATH_MAX]; /* init: what node.json's inference.model gets */
     uint32_t nodes, clients, base_port, timeout_s;
     cfg_durability durability;
     bool force;
@@ -633,7 +640,8 @@ enum {
     OPT_DURABILITY,
     OPT_FORCE,
     OPT_BINARY,
-    OPT_TIMEOUT
+    OPT_TIMEOUT,
+    OPT_MODEL
 };
 
 /* A usage error: the reason, and where the full help is (it is long). */
@@ -665,6 +673,9 @@ static int take_option(const char *sub, int c, cluster_opts *o)
         return 0;
     case OPT_FORCE:
         o->force = true;
+        return 0;
+    case OPT_MODEL:
+        o->model = optarg;
         return 0;
     case OPT_NODES:
         return parse_u32(optarg, 4, MAX_NODES, &o->nodes)
@@ -830,6 +841,7 @@ static int init_node(const cluster_dir *cd, const cluster_opts *o, uint32_t i, c
     n->durability = o->durability;
     n->fault_injection = true; /* init makes test clusters */
     n->http_port = (uint16_t)(o->base_port + HTTP_PORT_OFFSET + i);
+    snprintf(n->inference.model, sizeof n->inference.model, "%s", o->model_path);
     snprintf(n->cluster_path, sizeof n->cluster_path, "../cluster.json");
     snprintf(n->key_path, sizeof n->key_path, "%s", FB_KEY_SECRET_FILE);
     snprintf(n->data_dir, sizeof n->data_dir, "data");
@@ -870,6 +882,48 @@ static void print_init_summary(const cluster_dir *cd, const cfg_cluster *cl)
            cd->dir, cd->dir);
 }
 
+/* The model every node serves: --model FILE (checked to load), --model none,
+ * or by default the small preset synthesized into DIR/model.gguf (kept when
+ * it is already there, so re-running init with --force is quick). */
+static int prepare_model(const cluster_dir *cd, cluster_opts *o)
+{
+    char err[1024];
+    if (o->model && strcmp(o->model, "none") == 0) {
+        o->model_path[0] = '\0';
+        return 0;
+    }
+    if (o->model) {
+        char *real = realpath(o->model, NULL);
+        llm_model *m = NULL;
+        int rc = real ? llm_model_load(real, &m, err, sizeof err) : FB_ENOENT;
+        if (rc == 0 && strlen(real) < sizeof o->model_path)
+            snprintf(o->model_path, sizeof o->model_path, "%s", real);
+        else if (rc == 0)
+            rc = FB_ETOOBIG;
+        if (rc)
+            fprintf(stderr, "fedbft cluster init: --model %s: %s\n", o->model,
+                    real ? (rc == FB_ETOOBIG ? "path too long" : err) : strerror(errno));
+        llm_model_free(m);
+        free(real);
+        return rc;
+    }
+    char path[NODE_PATH_MAX];
+    snprintf(path, sizeof path, "%s/model.gguf", cd->dir);
+    if (access(path, R_OK) != 0) {
+        uint64_t size = 0;
+        int rc = synth_write(synth_preset("small"), synth_preset("small")->type, SYNTH_DEFAULT_SEED,
+                             path, 0, &size, err, sizeof err);
+        if (rc) {
+            fprintf(stderr, "fedbft cluster init: synthesizing the model: %s\n", err);
+            return rc;
+        }
+        printf("synthesized %s (%.1f MB, the small preset) for the nodes to serve\n", path,
+               (double)size / 1e6);
+    }
+    snprintf(o->model_path, sizeof o->model_path, "../model.gguf");
+    return 0;
+}
+
 /* cluster.json is written last: its presence means init finished. */
 static int cluster_init(int argc, char **argv)
 {
@@ -881,6 +935,7 @@ static int cluster_init(int argc, char **argv)
         {"host", required_argument, NULL, OPT_HOST},
         {"durability", required_argument, NULL, OPT_DURABILITY},
         {"force", no_argument, NULL, OPT_FORCE},
+        {"model", required_argument, NULL, OPT_MODEL},
         {NULL, 0, NULL, 0},
     };
     cluster_opts o;
@@ -925,6 +980,8 @@ static int cluster_init(int argc, char **argv)
     if (o.force && check_none_running(&cd) != 0)
         return 1;
 
+    if (prepare_model(&cd, &o) != 0)
+        return 1;
     cfg_cluster cl = {.n = o.nodes, .f = (o.nodes - 1) / 3, .nclients = o.clients};
     cl.replicas = calloc(o.nodes, sizeof *cl.replicas);
     cl.clients = calloc(o.clients ? o.clients : 1, sizeof *cl.clients);

@@ -596,13 +596,46 @@ static const char *const node_fields[] = {"id",
                                           "fault_injection",
                                           "http_port",
                                           "log_file",
+                                          "inference",
                                           NULL};
 
 static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
 
-static uint64_t knob_get(const cfg_node *n, const knob *k)
+/* node.json "inference" knobs, bounded like the others. */
+#define IKNOB(f, lo, hi)                                                                           \
+    {                                                                                              \
+#f, offsetof(cfg_inference, f), sizeof(((cfg_inference *)0)->f), lo, hi                    \
+    }
+static const knob inference_knobs[] = {
+    IKNOB(threads, 1, 256),
+    IKNOB(nice, 0, 19),
+    IKNOB(max_batch, 1, 256),
+    IKNOB(max_queue, 1, 1u << 16),
+    IKNOB(max_queue_delay_ms, 0, 10000),
+    IKNOB(prefill_chunk, 1, 4096),
+    IKNOB(max_tokens, 1, 1u << 16),
+    IKNOB(n_ctx, 0, 1u << 20),
+    IKNOB(deadline_ms, 10, 3600000),
+    IKNOB(cache_entries, 0, 1u << 24),
+    IKNOB(cache_bytes, 0, 1ull << 40),
+    IKNOB(cache_ttl_ms, 1, 1u << 31),
+    IKNOB(rate_per_s, 0, 1u << 20),
+    IKNOB(rate_burst, 1, 1u << 20),
+};
+#define NIKNOBS (sizeof inference_knobs / sizeof inference_knobs[0])
+static const char *const inference_fields[] = {"model",         "threads",
+                                               "nice",          "max_batch",
+                                               "max_queue",     "max_queue_delay_ms",
+                                               "prefill_chunk", "max_tokens",
+                                               "n_ctx",         "deadline_ms",
+                                               "cache_entries", "cache_bytes",
+                                               "cache_ttl_ms",  "rate_per_s",
+                                               "rate_burst",    NULL};
+
+/* A knob's value in the struct at obj (a cfg_node or a cfg_inference). */
+static uint64_t knob_get(const void *obj, const knob *k)
 {
-    const char *base = (const char *)n + k->off;
+    const char *base = (const char *)obj + k->off;
     if (k->size == sizeof(uint32_t)) {
         uint32_t v;
         memcpy(&v, base, sizeof v);
@@ -613,9 +646,9 @@ static uint64_t knob_get(const cfg_node *n, const knob *k)
     return v;
 }
 
-static void knob_set(cfg_node *n, const knob *k, uint64_t v)
+static void knob_set(void *obj, const knob *k, uint64_t v)
 {
-    char *base = (char *)n + k->off;
+    char *base = (char *)obj + k->off;
     if (k->size == sizeof(uint32_t)) {
         uint32_t v32 = (uint32_t)v; /* bounds above keep it in range */
         memcpy(base, &v32, sizeof v32);
@@ -639,6 +672,21 @@ void cfg_node_defaults(cfg_node *n)
     n->max_frame = 4194304;
     n->send_queue_bytes = 16777216;
     snprintf(n->log_level, sizeof n->log_level, "info");
+    cfg_inference *in = &n->inference;
+    in->threads = 2;
+    in->nice = 5;
+    in->max_batch = 8;
+    in->max_queue = 64;
+    in->max_queue_delay_ms = 5;
+    in->prefill_chunk = 64;
+    in->max_tokens = 512;
+    in->n_ctx = 2048;
+    in->deadline_ms = 120000;
+    in->cache_entries = 1024;
+    in->cache_bytes = 16u << 20;
+    in->cache_ttl_ms = 600000;
+    in->rate_per_s = 0;
+    in->rate_burst = 20;
 }
 
 static const char *durability_name(cfg_durability d)
@@ -697,6 +745,29 @@ static int check_knob_relations(const pctx *p, const cfg_node *n)
     return 0;
 }
 
+/* node.json "inference" (optional): the model path and serving knobs. */
+static int parse_inference(const pctx *p, json_t *root, cfg_inference *in)
+{
+    json_t *o = json_object_get(root, "inference");
+    if (!o)
+        return 0;
+    if (!json_is_object(o))
+        return fail(p, "inference", "must be an object, e.g. {\"model\": \"model.gguf\"}");
+    int rc = check_fields(p, o, "inference", inference_fields);
+    if (!rc)
+        rc = get_string(p, o, "inference", "model", false, true, in->model, sizeof in->model,
+                        "a GGUF model file, e.g. \"model.gguf\", or \"\" for none");
+    for (size_t i = 0; !rc && i < NIKNOBS; i++) {
+        uint64_t v = knob_get(in, &inference_knobs[i]);
+        char hint[64];
+        snprintf(hint, sizeof hint, "default %llu", (unsigned long long)v);
+        rc = get_uint(p, o, "inference", inference_knobs[i].name, false, inference_knobs[i].min,
+                      inference_knobs[i].max, hint, &v);
+        knob_set(in, &inference_knobs[i], v);
+    }
+    return rc;
+}
+
 /* Parse node.json's fields into n (already holding the defaults).  Paths
  * are left as written; cfg_node_load resolves them. */
 static int parse_node(const pctx *p, json_t *root, cfg_node *n)
@@ -738,6 +809,8 @@ static int parse_node(const pctx *p, json_t *root, cfg_node *n)
         rc = get_uint(p, root, "", "http_port", false, 0, 65535,
                       "a TCP port, or 0 for no HTTP server", &http_port);
     n->http_port = (uint16_t)http_port;
+    if (!rc)
+        rc = parse_inference(p, root, &n->inference);
     if (!rc)
         rc = check_knob_relations(p, n);
     return rc;
@@ -826,6 +899,8 @@ int cfg_node_load(const char *path, cfg_node *out, char *err, size_t errlen)
         rc = resolve_path(&p, "data_dir", base, n->data_dir);
     if (!rc && n->log_file[0])
         rc = resolve_path(&p, "log_file", base, n->log_file);
+    if (!rc && n->inference.model[0])
+        rc = resolve_path(&p, "inference.model", base, n->inference.model);
     if (!rc) {
         snprintf(n->path, sizeof n->path, "%s", path);
         *out = *n;
@@ -1009,6 +1084,12 @@ static json_t *node_to_json(const cfg_node *n)
     json_object_set_new(o, "log_level", json_string(n->log_level));
     json_object_set_new(o, "fault_injection", json_boolean(n->fault_injection));
     json_object_set_new(o, "http_port", json_integer(n->http_port));
+    json_t *in = json_object();
+    json_object_set_new(in, "model", json_string(n->inference.model));
+    for (size_t i = 0; i < NIKNOBS; i++)
+        json_object_set_new(in, inference_knobs[i].name,
+                            json_integer((json_int_t)knob_get(&n->inference, &inference_knobs[i])));
+    json_object_set_new(o, "inference", in);
     return o;
 }
 

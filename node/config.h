@@ -66,6 +66,26 @@ typedef struct cfg_cluster {
 
 typedef enum cfg_durability { CFG_DURABILITY_FSYNC = 1, CFG_DURABILITY_OS = 2 } cfg_durability;
 
+/* node.json "inference": the local model and how it is served.  An empty
+ * model means the node serves no inference. */
+typedef struct cfg_inference {
+    char model[CFG_PATH_MAX]; /* GGUF file (resolved); "" = none */
+    uint32_t threads;         /* inference threads */
+    uint32_t nice;            /* added niceness: inference runs below consensus */
+    uint32_t max_batch;       /* sequences decoded together */
+    uint32_t max_queue;       /* waiting requests; beyond: 429 */
+    uint32_t max_queue_delay_ms;
+    uint32_t prefill_chunk;
+    uint32_t max_tokens;  /* largest max_tokens a request may ask */
+    uint32_t n_ctx;       /* positions per sequence (0: the model's, capped at 2048) */
+    uint32_t deadline_ms; /* per-request deadline */
+    uint32_t cache_entries;
+    uint64_t cache_bytes;
+    uint32_t cache_ttl_ms;
+    uint32_t rate_per_s; /* requests per second per client; 0: unlimited */
+    uint32_t rate_burst;
+} cfg_inference;
+
 typedef struct cfg_node {
     uint32_t id;
     char path[CFG_PATH_MAX];         /* the node.json this came from */
@@ -85,6 +105,7 @@ typedef struct cfg_node {
     char log_file[CFG_PATH_MAX]; /* "" = stderr; else appended to (resolved) */
     bool fault_injection;        /* admin `fault` allowed (test clusters only) */
     uint16_t http_port;          /* 0 = no HTTP server */
+    cfg_inference inference;
 } cfg_node;
 
 /* Parse and validate.  On error returns FB_EINVAL (or FB_ENOENT/FB_EIO for the

@@ -13,6 +13,7 @@
 #include "node_state.h"
 #include "ops.h"
 #include "sig.h"
+#include "serve.h"
 #include "sigcache.h"
 #include "store.h"
 
@@ -98,6 +99,7 @@ struct fb_node {
     net *net;
     store *store;
     fb_sigcache *sigcache;
+    serve *serve; /* inference API, batcher, cache */
     fb_batchver *bv;
     node_state *state; /* state transfer */
     admin *admin;
@@ -1379,6 +1381,8 @@ static void sync_metrics(fb_node *n)
     uint64_t drop[3] = {n->dropped_parse, n->dropped_cheap, n->dropped_sig};
     for (int i = 0; i < 3; i++)
         sync_counter(n->m.dropped[i], drop[i], &n->m.last_dropped[i]);
+    if (n->serve)
+        serve_sync_metrics(n->serve);
 }
 
 /* Ready: connected to a quorum (counting ourselves), in an active view, not
@@ -1489,15 +1493,6 @@ static json_t *admin_fault(void *arg, json_t *request, const char **err)
     return json_pack("{s:o}", "faults", links);
 }
 
-static json_t *admin_no_inference(void *arg, json_t *request, const char **err)
-{
-    (void)arg;
-    (void)request;
-    *err = "this node has no inference engine yet: the response cache and the batcher come "
-           "with the inference issues";
-    return NULL;
-}
-
 static int start_admin(fb_node *n, char *err, size_t errlen)
 {
     char path[CFG_PATH_MAX + 32];
@@ -1533,10 +1528,14 @@ static int start_admin(fb_node *n, char *err, size_t errlen)
                       "test clusters only: peer=I|all drop=in|out|both|none delay_ms=N, "
                       "clear=true, or no arguments to show",
                       admin_fault, n);
-        admin_command(n->admin, "cache", "inference response cache (not built yet)",
-                      admin_no_inference, n);
-        admin_command(n->admin, "batcher", "inference batcher (not built yet)", admin_no_inference,
-                      n);
+        admin_command(n->admin, "cache",
+                      "inference response cache: entries, bytes, hits, misses, coalesced, "
+                      "evictions; clear=true empties it",
+                      serve_admin_cache, n->serve);
+        admin_command(n->admin, "batcher",
+                      "inference batcher: queue depth, active slots, batch-size histogram, "
+                      "tokens/s, counters, config",
+                      serve_admin_batcher, n->serve);
         admin_command(n->admin, "shutdown", "stop the node cleanly (as SIGTERM)", admin_shutdown,
                       n);
     }
@@ -1546,12 +1545,16 @@ static int start_admin(fb_node *n, char *err, size_t errlen)
 int fb_node_start(fb_node *n, char *err, size_t errlen)
 {
     n->started_ms = now_ms(n);
-    int rc = net_start(n->net, err, errlen);
+    int rc = serve_new(n->loop, &n->cfg.inference, n->metrics, &n->serve, err, errlen);
+    if (rc == 0)
+        rc = net_start(n->net, err, errlen);
     if (rc == 0)
         rc = start_admin(n, err, errlen);
     if (rc == 0 && n->cfg.http_port) {
         const char *host = n->cfg.listen[0] ? n->cfg.listen : n->cluster.replicas[n->cfg.id].host;
         rc = fb_http_new(n->loop, host, n->cfg.http_port, on_http, n, &n->http, err, errlen);
+        if (rc == 0)
+            serve_attach_http(n->serve, n->http);
     }
     if (rc)
         return rc;
@@ -1596,6 +1599,10 @@ void fb_node_stop(fb_node *n, void (*cb)(void *arg), void *arg)
     uv_close((uv_handle_t *)&n->bv_async, on_handle_closed);
     uv_close((uv_handle_t *)&n->store_async, on_handle_closed);
     net_close(n->net, on_net_closed, n);
+    if (n->serve) { /* before the HTTP server: its last answers go to clients */
+        n->handles_open++;
+        serve_close(n->serve, on_net_closed, n);
+    }
     if (n->admin) {
         n->handles_open++;
         admin_close(n->admin, on_net_closed, n);
@@ -1623,6 +1630,7 @@ void fb_node_free(fb_node *n)
         job_free(n->job);
     net_free(n->net);
     admin_free(n->admin);
+    serve_free(n->serve);
     fb_http_free(n->http);
     fb_metrics_free(n->metrics);
     node_state_free(n->state);

@@ -141,8 +141,10 @@ ctl 0 metrics > "$tmp/mjson" 2>&1
 check "metrics as JSON counts requests" grep -qE '"fedbft_requests_total": *[1-9]' "$tmp/mjson"
 check "metrics as JSON has histograms" grep -q '"fedbft_commit_latency_seconds":{"count"' "$tmp/mjson"
 ctl 0 cache > "$tmp/cache" 2>&1; rc=$?
-check "cache answers with an error until inference exists" test $rc -ne 0
-check "cache explains itself" grep -q "no inference engine" "$tmp/cache"
+check "cache answers with its stats (init gives the nodes a model)" test $rc -eq 0
+check "cache shows entries and hits" grep -q '"hits"' "$tmp/cache"
+ctl 0 batcher > "$tmp/batcher" 2>&1; rc=$?
+check "batcher answers with queue and slots" grep -q '"queue_depth"' "$tmp/batcher"
 ctl 0 peers > "$tmp/peers-rtt" 2>&1
 check "peers reports a measured round-trip time" grep -qE '"rtt_ms":[0-9.]+' "$tmp/peers-rtt"
 
