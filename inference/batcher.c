@@ -23,6 +23,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -139,6 +140,7 @@ void batcher_config_default(batcher_config *c)
     c->n_ctx = 0;
     c->threads = 2;
     c->nice = 5;
+    c->sched_idle = true;
     c->kv_f32 = false;
 }
 
@@ -533,8 +535,14 @@ static void step(batcher *b)
  * Raising niceness needs no privilege; should it fail anyway (EPERM/EACCES
  * under some sandbox or seccomp policy) inference runs at normal priority,
  * which changes nothing but scheduling, so the failure is not reported. */
-static void lower_priority(int nice)
+static void lower_priority(int nice, bool idle)
 {
+    /* SCHED_IDLE: the thread runs only when no normal thread wants the CPU,
+     * so consensus (event loop, verifier) always goes first; unprivileged
+     * threads may choose it for themselves. */
+    struct sched_param sp = {.sched_priority = 0};
+    if (idle)
+        (void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
     if (nice <= 0)
         return;
     pid_t tid = gettid();
@@ -582,7 +590,7 @@ static void *batcher_main(void *arg)
 {
     batcher *b = arg;
     char err[256] = "";
-    lower_priority(b->cfg.nice);
+    lower_priority(b->cfg.nice, b->cfg.sched_idle);
     llm_ctx_params p = {.n_slots = b->cfg.max_batch,
                         .n_ctx = b->n_ctx,
                         .n_threads = b->cfg.threads,

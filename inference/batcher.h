@@ -48,6 +48,8 @@ typedef struct batcher_config {
     int n_ctx;              /* positions per slot; 0: the model's, capped at 2048 */
     int threads;            /* inference threads (default 2) */
     int nice;               /* added niceness of the inference threads (default 5; 0 none) */
+    bool sched_idle;        /* run them as SCHED_IDLE: only when nothing else wants a core
+                             * (default true) */
     bool kv_f32;            /* F32 KV cache instead of F16 */
 } batcher_config;
 

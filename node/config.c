@@ -623,14 +623,12 @@ static const knob inference_knobs[] = {
     IKNOB(rate_burst, 1, 1u << 20),
 };
 #define NIKNOBS (sizeof inference_knobs / sizeof inference_knobs[0])
-static const char *const inference_fields[] = {"model",         "threads",
-                                               "nice",          "max_batch",
-                                               "max_queue",     "max_queue_delay_ms",
-                                               "prefill_chunk", "max_tokens",
-                                               "n_ctx",         "deadline_ms",
-                                               "cache_entries", "cache_bytes",
-                                               "cache_ttl_ms",  "rate_per_s",
-                                               "rate_burst",    NULL};
+static const char *const inference_fields[] = {
+    "model",       "threads",      "sched_idle",         "nice",
+    "max_batch",   "max_queue",    "max_queue_delay_ms", "prefill_chunk",
+    "max_tokens",  "n_ctx",        "deadline_ms",        "cache_entries",
+    "cache_bytes", "cache_ttl_ms", "rate_per_s",         "rate_burst",
+    NULL};
 
 /* A knob's value in the struct at obj (a cfg_node or a cfg_inference). */
 static uint64_t knob_get(const void *obj, const knob *k)
@@ -675,6 +673,7 @@ void cfg_node_defaults(cfg_node *n)
     cfg_inference *in = &n->inference;
     in->threads = 2;
     in->nice = 5;
+    in->sched_idle = true;
     in->max_batch = 8;
     in->max_queue = 64;
     in->max_queue_delay_ms = 5;
@@ -765,6 +764,9 @@ static int parse_inference(const pctx *p, json_t *root, cfg_inference *in)
                       inference_knobs[i].max, hint, &v);
         knob_set(in, &inference_knobs[i], v);
     }
+    if (!rc)
+        rc = get_bool(p, o, "sched_idle", &in->sched_idle,
+                      "true runs inference only on otherwise idle cores (SCHED_IDLE)");
     return rc;
 }
 
@@ -1086,6 +1088,7 @@ static json_t *node_to_json(const cfg_node *n)
     json_object_set_new(o, "http_port", json_integer(n->http_port));
     json_t *in = json_object();
     json_object_set_new(in, "model", json_string(n->inference.model));
+    json_object_set_new(in, "sched_idle", json_boolean(n->inference.sched_idle));
     for (size_t i = 0; i < NIKNOBS; i++)
         json_object_set_new(in, inference_knobs[i].name,
                             json_integer((json_int_t)knob_get(&n->inference, &inference_knobs[i])));

@@ -72,6 +72,7 @@ typedef struct cfg_inference {
     char model[CFG_PATH_MAX]; /* GGUF file (resolved); "" = none */
     uint32_t threads;         /* inference threads */
     uint32_t nice;            /* added niceness: inference runs below consensus */
+    bool sched_idle;          /* and as SCHED_IDLE: only on otherwise idle cores */
     uint32_t max_batch;       /* sequences decoded together */
     uint32_t max_queue;       /* waiting requests; beyond: 429 */
     uint32_t max_queue_delay_ms;

@@ -910,6 +910,7 @@ int serve_new(uv_loop_t *loop, const cfg_inference *cfg, fb_metrics *m, serve **
     bc.n_ctx = (int)cfg->n_ctx;
     bc.threads = (int)cfg->threads;
     bc.nice = (int)cfg->nice;
+    bc.sched_idle = cfg->sched_idle;
     rc = batcher_new(s->model, &bc, &s->bat, err, errlen);
     if (rc == 0)
         LOG_INFO("inference: serving %s (%.1f MB, digest %s) with %u threads, %u slots",
