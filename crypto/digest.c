@@ -36,6 +36,8 @@ const char *fb_domain_name(fb_domain d)
         return "fedbft/v1/channel-reply";
     case FB_DOM_CHANNEL_FINISH:
         return "fedbft/v1/channel-finish";
+    case FB_DOM_INFER_RESULT:
+        return "fedbft/v1/infer-result";
     case FB_DOM_BATCH:
         return "fedbft/v1/batch";
     case FB_DOM_STATE:

@@ -21,7 +21,7 @@
 #define FB_DIGEST_LEN 32
 
 typedef enum fb_domain {
-    FB_DOM_REQUEST = 1, /* = MSG_REQUEST ... MSG_CHANNEL_FINISH */
+    FB_DOM_REQUEST = 1, /* = MSG_REQUEST ... MSG_INFER_RESULT */
     FB_DOM_REPLY = 2,
     FB_DOM_PRE_PREPARE = 3,
     FB_DOM_PREPARE = 4,
@@ -34,6 +34,7 @@ typedef enum fb_domain {
     FB_DOM_CHANNEL_HELLO = 11,
     FB_DOM_CHANNEL_REPLY = 12,
     FB_DOM_CHANNEL_FINISH = 13,
+    FB_DOM_INFER_RESULT = 14,
     FB_DOM_BATCH = 100, /* a PRE-PREPARE batch: over its request digests */
     FB_DOM_STATE = 101, /* replicated state at a checkpoint */
     FB_DOM_STATE_CHUNK = 102,

@@ -16,7 +16,7 @@ static void put_be32(uint8_t out[4], uint32_t v)
 
 static int envelope_type_valid(int type)
 {
-    return type >= FEDBFT__MSG_TYPE__MSG_REQUEST && type <= FEDBFT__MSG_TYPE__MSG_CHANNEL_FINISH;
+    return type >= FEDBFT__MSG_TYPE__MSG_REQUEST && type <= FEDBFT__MSG_TYPE__MSG_INFER_RESULT;
 }
 
 const ProtobufCMessageDescriptor *fb_env_payload_descriptor(int type)
@@ -48,6 +48,8 @@ const ProtobufCMessageDescriptor *fb_env_payload_descriptor(int type)
         return &fedbft__channel_reply__descriptor;
     case FEDBFT__MSG_TYPE__MSG_CHANNEL_FINISH:
         return &fedbft__channel_finish__descriptor;
+    case FEDBFT__MSG_TYPE__MSG_INFER_RESULT:
+        return &fedbft__infer_result__descriptor;
     default:
         return NULL;
     }

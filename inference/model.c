@@ -218,26 +218,31 @@ static int load_tensors(llm_model *m, char *err, size_t errlen)
 
 static int hash_file(llm_model *m, const char *path, char *err, size_t errlen)
 {
+    return llm_file_digest(path, m->digest, &m->file_bytes, err, errlen);
+}
+
+int llm_file_digest(const char *path, uint8_t digest[16], uint64_t *bytes, char *err, size_t errlen)
+{
     FILE *fp = fopen(path, "rb");
     if (!fp)
-        return fb_errf(err, errlen, FB_EIO, "%s: cannot reopen to hash it", path);
+        return fb_errf(err, errlen, FB_EIO, "%s: cannot open to hash it", path);
     XXH3_state_t *st = XXH3_createState();
     unsigned char *buf = malloc(1 << 16);
     int rc = st && buf ? 0 : FB_ENOMEM;
     if (rc == 0)
         XXH3_128bits_reset(st);
     size_t n;
-    m->file_bytes = 0;
+    *bytes = 0;
     while (rc == 0 && (n = fread(buf, 1, 1 << 16, fp)) > 0) {
         XXH3_128bits_update(st, buf, n);
-        m->file_bytes += n;
+        *bytes += n;
     }
     if (rc == 0 && ferror(fp))
         rc = fb_errf(err, errlen, FB_EIO, "%s: read error while hashing", path);
     if (rc == 0) {
         XXH128_canonical_t c;
         XXH128_canonicalFromHash(&c, XXH3_128bits_digest(st));
-        memcpy(m->digest, c.digest, sizeof m->digest);
+        memcpy(digest, c.digest, 16);
     }
     XXH3_freeState(st);
     free(buf);

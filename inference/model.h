@@ -56,6 +56,9 @@ const tok *llm_model_tok(const llm_model *m);
 /* XXH3-128 of the whole file (16 bytes): identifies the model in cache keys
  * and in results returned through consensus. */
 const uint8_t *llm_model_digest(const llm_model *m);
+/* The same digest of any file (and its size), without loading it. */
+int llm_file_digest(const char *path, uint8_t digest[16], uint64_t *bytes, char *err,
+                    size_t errlen);
 uint64_t llm_model_file_bytes(const llm_model *m);
 const char *llm_model_name(const llm_model *m); /* general.name or the file name */
 

@@ -4,6 +4,7 @@
 #ifndef FB_CLI_H
 #define FB_CLI_H
 
+#include <stdint.h>
 #include <stdio.h>
 
 typedef struct cli_command {
@@ -22,6 +23,10 @@ void cmd_keygen_usage(FILE *out);
 int cmd_cluster(int argc, char **argv);
 void cmd_cluster_usage(FILE *out);
 int cmd_client(int argc, char **argv);
+struct cfg_cluster;
+/* `fedbft client infer` (cmd_client_infer.c), argv[0] = "infer". */
+int cmd_client_infer(const struct cfg_cluster *cl, const char *keyfile, uint64_t timeout_ms,
+                     int argc, char **argv);
 void cmd_client_usage(FILE *out);
 int cmd_inspect(int argc, char **argv);
 void cmd_inspect_usage(FILE *out);

@@ -39,6 +39,8 @@ struct fb_client {
     void *cb_arg;
     uint64_t view_hint;
     fb_client_stats stats;
+    fb_client_msg_cb msg_cb; /* other messages from replicas (InferResult) */
+    void *msg_arg;
 };
 
 static uint64_t wall_us(void)
@@ -161,11 +163,19 @@ static void tally(fb_client *c, const vote *v)
 static void on_reply_frame(void *arg, uint32_t id, const uint8_t *frame, size_t len)
 {
     fb_client *c = arg;
-    if (!c->busy)
-        return;
     Fedbft__Envelope *env = NULL;
     if (fb_env_unpack(frame, len, &env, NULL, 0) != 0)
         return;
+    /* The link to replica id is authenticated by the channel. */
+    if (env->type != FEDBFT__MSG_TYPE__MSG_REPLY && env->sender == id && c->msg_cb) {
+        c->msg_cb(c->msg_arg, id, env->type, env->payload.data, env->payload.len);
+        fedbft__envelope__free_unpacked(env, NULL);
+        return;
+    }
+    if (!c->busy) {
+        fedbft__envelope__free_unpacked(env, NULL);
+        return;
+    }
     /* The link to replica id is authenticated by the channel. */
     Fedbft__Reply *rp = NULL;
     if (env->type == FEDBFT__MSG_TYPE__MSG_REPLY && env->sender == id)
@@ -273,6 +283,17 @@ int fb_client_submit(fb_client *c, const Fedbft__Operation *op, bool read_only, 
     }
     uv_timer_start(&c->deadline, on_deadline, c->cfg.timeout_ms, 0);
     return 0;
+}
+
+void fb_client_on_message(fb_client *c, fb_client_msg_cb cb, void *arg)
+{
+    c->msg_cb = cb;
+    c->msg_arg = arg;
+}
+
+uint64_t fb_client_last_timestamp(const fb_client *c)
+{
+    return c->last_ts;
 }
 
 uint32_t fb_client_id(const fb_client *c)

@@ -51,6 +51,14 @@ int fb_client_start(fb_client *c, char *err, size_t errlen);
 int fb_client_submit(fb_client *c, const Fedbft__Operation *op, bool read_only, fb_client_cb cb,
                      void *arg);
 
+/* Messages from replicas other than REPLY (e.g. MSG_INFER_RESULT), each from
+ * an authenticated link: cb(arg, replica, type, payload, len). */
+typedef void (*fb_client_msg_cb)(void *arg, uint32_t replica, int type, const uint8_t *payload,
+                                 size_t len);
+void fb_client_on_message(fb_client *c, fb_client_msg_cb cb, void *arg);
+/* The timestamp of the most recently submitted request. */
+uint64_t fb_client_last_timestamp(const fb_client *c);
+
 /* The client id cluster.json gives this identity. */
 uint32_t fb_client_id(const fb_client *c);
 

@@ -27,6 +27,11 @@ void cmd_client_usage(FILE *out)
             "  del KEY                   delete KEY\n"
             "  cas KEY EXPECTED NEW      set KEY to NEW if it holds EXPECTED\n"
             "  cas --absent KEY NEW      set KEY to NEW if it does not exist\n"
+            "  infer [--max-tokens N] [--temperature T] [--top-p P] [--top-k K] [--seed S]\n"
+            "        PROMPT              an inference through consensus: ordered like any\n"
+            "                            operation, run by every replica's batcher, and\n"
+            "                            accepted once f+1 replicas return the same output\n"
+            "                            digest (prints the text; who agreed on stderr)\n"
             "  load                      write N keys with C clients at once (keys\n"
             "                            DIR/client0/node.key ... as 'cluster init' makes them)\n"
             "                            and print writes per second and latencies\n\n"
@@ -386,6 +391,8 @@ int cmd_client(int argc, char **argv)
     } else if (!o.key) {
         fprintf(stderr, "fedbft client: --key KEYFILE is required\n");
         rc = 2;
+    } else if (strcmp(argv[optind], "infer") == 0) {
+        rc = cmd_client_infer(&cl, o.key, o.timeout, argc - optind, argv + optind);
     } else {
         rc = run_one(&cl, o.key, o.timeout, argc - optind, argv + optind);
     }

@@ -81,7 +81,8 @@ void cmd_cluster_usage(FILE *out)
             "      deletes each node's old data directory (it belongs to the old cluster).\n"
             "      Every node serves inference from DIR/model.gguf, the small preset\n"
             "      synthesized there (about 30 MB, no download), or from --model FILE (any\n"
-            "      llama GGUF); --model none serves none.\n"
+            "      llama GGUF); --model none serves none.  cluster.json pins the model's\n"
+            "      digest (model_digest), and a node serving another model will not start.\n"
             "  up --dir DIR [--binary PATH] [--timeout S]\n"
             "      Start every node that is not running (`PATH run --config\n"
             "      DIR/node<i>/node.json`, output appended to DIR/node<i>/node.log), then\n"
@@ -885,7 +886,20 @@ static void print_init_summary(const cluster_dir *cd, const cfg_cluster *cl)
 /* The model every node serves: --model FILE (checked to load), --model none,
  * or by default the small preset synthesized into DIR/model.gguf (kept when
  * it is already there, so re-running init with --force is quick). */
-static int prepare_model(const cluster_dir *cd, cluster_opts *o)
+static int model_digest_of(const char *path, uint8_t out[16])
+{
+    char err[1024];
+    llm_model *m = NULL;
+    int rc = llm_model_load(path, &m, err, sizeof err);
+    if (rc == 0)
+        memcpy(out, llm_model_digest(m), 16);
+    else
+        fprintf(stderr, "fedbft cluster init: %s\n", err);
+    llm_model_free(m);
+    return rc;
+}
+
+static int prepare_model(const cluster_dir *cd, cluster_opts *o, uint8_t digest[16])
 {
     char err[1024];
     if (o->model && strcmp(o->model, "none") == 0) {
@@ -896,9 +910,10 @@ static int prepare_model(const cluster_dir *cd, cluster_opts *o)
         char *real = realpath(o->model, NULL);
         llm_model *m = NULL;
         int rc = real ? llm_model_load(real, &m, err, sizeof err) : FB_ENOENT;
-        if (rc == 0 && strlen(real) < sizeof o->model_path)
+        if (rc == 0 && strlen(real) < sizeof o->model_path) {
             snprintf(o->model_path, sizeof o->model_path, "%s", real);
-        else if (rc == 0)
+            memcpy(digest, llm_model_digest(m), 16);
+        } else if (rc == 0)
             rc = FB_ETOOBIG;
         if (rc)
             fprintf(stderr, "fedbft cluster init: --model %s: %s\n", o->model,
@@ -921,7 +936,7 @@ static int prepare_model(const cluster_dir *cd, cluster_opts *o)
                (double)size / 1e6);
     }
     snprintf(o->model_path, sizeof o->model_path, "../model.gguf");
-    return 0;
+    return model_digest_of(path, digest);
 }
 
 /* cluster.json is written last: its presence means init finished. */
@@ -980,9 +995,14 @@ static int cluster_init(int argc, char **argv)
     if (o.force && check_none_running(&cd) != 0)
         return 1;
 
-    if (prepare_model(&cd, &o) != 0)
+    uint8_t digest[16];
+    if (prepare_model(&cd, &o, digest) != 0)
         return 1;
     cfg_cluster cl = {.n = o.nodes, .f = (o.nodes - 1) / 3, .nclients = o.clients};
+    if (o.model_path[0]) { /* pin it: every replica must serve this model */
+        cl.has_model_digest = true;
+        memcpy(cl.model_digest, digest, sizeof digest);
+    }
     cl.replicas = calloc(o.nodes, sizeof *cl.replicas);
     cl.clients = calloc(o.clients ? o.clients : 1, sizeof *cl.clients);
     rc = (cl.replicas && cl.clients) ? 0 : FB_ENOMEM;

@@ -4,6 +4,7 @@
 
 #include "fb_error.h"
 #include "gguf.h"
+#include "model.h"
 #include "gguf_writer.h"
 #include "quantize.h"
 #include "synth.h"
@@ -176,6 +177,14 @@ static int model_info(int argc, char **argv)
     }
     print_info(argv[1], f);
     gguf_close(f);
+    uint8_t d[16];
+    uint64_t bytes;
+    if (llm_file_digest(argv[1], d, &bytes, err, sizeof err) == 0) {
+        printf("\ndigest (XXH3-128 of the file, as cluster.json model_digest): ");
+        for (int i = 0; i < 16; i++)
+            printf("%02x", d[i]);
+        putchar('\n');
+    }
     return 0;
 }
 

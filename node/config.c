@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <sodium.h>
 #include <libgen.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -244,7 +245,7 @@ static int get_pubkey(const pctx *p, json_t *obj, const char *prefix, uint8_t pk
 
 /* ------------------------------------------------------------ cluster.json */
 
-static const char *const cluster_fields[] = {"replicas", "clients", NULL};
+static const char *const cluster_fields[] = {"replicas", "clients", "model_digest", NULL};
 static const char *const replica_fields[] = {"id",          "host",       "port",
                                              "client_port", "public_key", NULL};
 static const char *const client_fields[] = {"id", "name", "public_key", NULL};
@@ -509,6 +510,18 @@ static int parse_cluster(const pctx *p, json_t *root, cfg_cluster *out)
         rc = parse_clients(p, root, &c.clients, &c.nclients);
     if (!rc)
         rc = check_unique_keys(p, c.replicas, c.n, c.clients, c.nclients);
+    json_t *md = json_object_get(root, "model_digest");
+    if (!rc && md) {
+        size_t bin_len = 0;
+        if (!json_is_string(md) || json_string_length(md) != 32 ||
+            sodium_hex2bin(c.model_digest, sizeof c.model_digest, json_string_value(md), 32, NULL,
+                           &bin_len, NULL) != 0 ||
+            bin_len != 16)
+            rc = fail(p, "model_digest",
+                      "must be 32 hex digits: the XXH3-128 digest of the model every replica "
+                      "serves (fedbft model info prints it)");
+        c.has_model_digest = rc == 0;
+    }
     if (rc) {
         cfg_cluster_free(&c);
         return rc;
@@ -1052,7 +1065,13 @@ static json_t *cluster_to_json(const cfg_cluster *c)
         json_decref(cls);
         return NULL;
     }
-    return json_pack("{s:o, s:o}", "replicas", reps, "clients", cls);
+    json_t *o = json_pack("{s:o, s:o}", "replicas", reps, "clients", cls);
+    if (o && c->has_model_digest) {
+        char hex[33];
+        sodium_bin2hex(hex, sizeof hex, c->model_digest, sizeof c->model_digest);
+        json_object_set_new(o, "model_digest", json_string(hex));
+    }
+    return o;
 }
 
 static int check_cluster_json(const pctx *p, json_t *root)

@@ -59,7 +59,9 @@ typedef struct cfg_client {
 
 typedef struct cfg_cluster {
     uint32_t n, f;
-    cfg_replica *replicas; /* [n], index = id */
+    bool has_model_digest;
+    uint8_t model_digest[16]; /* "model_digest": every replica must serve this model */
+    cfg_replica *replicas;    /* [n], index = id */
     cfg_client *clients;
     uint32_t nclients;
 } cfg_cluster;

@@ -197,6 +197,21 @@ static int op_cas(store_db *d, uint64_t seq, const Fedbft__Operation *op, kv_out
     return rc;
 }
 
+const char *kv_infer_invalid(const Fedbft__InferParams *p)
+{
+    if (!p)
+        return "INFER has no parameters";
+    if (strlen(p->prompt ? p->prompt : "") > KV_INFER_MAX_PROMPT)
+        return "INFER prompt is longer than 65536 bytes";
+    if (p->max_tokens < 1 || p->max_tokens > KV_INFER_MAX_TOKENS)
+        return "INFER max_tokens must be 1..4096";
+    if (!(p->temperature >= 0 && p->temperature <= 2))
+        return "INFER temperature must be 0..2";
+    if (!(p->top_p >= 0 && p->top_p <= 1))
+        return "INFER top_p must be 0..1";
+    return NULL;
+}
+
 /* Limits every operation must respect; false (with the reason in o) if not. */
 static bool op_valid(const Fedbft__Operation *op, kv_outcome *o)
 {
@@ -205,8 +220,12 @@ static bool op_valid(const Fedbft__Operation *op, kv_outcome *o)
         outcome(o, bad, "request has no operation");
         return false;
     }
-    if (op->kind == FEDBFT__OPERATION__KIND__OP_INFER)
-        return true;
+    if (op->kind == FEDBFT__OPERATION__KIND__OP_INFER) {
+        const char *why = kv_infer_invalid(op->infer);
+        if (why)
+            outcome(o, bad, "%s", why);
+        return why == NULL;
+    }
     if (op->key.len == 0) {
         outcome(o, bad, "key is empty");
         return false;
@@ -241,8 +260,11 @@ static int apply(store_db *d, uint64_t seq, const Fedbft__Operation *op, kv_outc
     case FEDBFT__OPERATION__KIND__OP_CAS:
         return op_cas(d, seq, op, o);
     case FEDBFT__OPERATION__KIND__OP_INFER:
-        outcome(o, FEDBFT__RESULT__STATUS__STATUS_UNAVAILABLE,
-                "inference not available on this node");
+        /* Ordering is all consensus does for an INFER: each replica then runs
+         * it through its batcher and sends the client an InferResult. */
+        outcome(o, FEDBFT__RESULT__STATUS__STATUS_OK, NULL);
+        o->value = (const uint8_t *)"accepted";
+        o->vlen = 8;
         return 0;
     default:
         outcome(o, FEDBFT__RESULT__STATUS__STATUS_INVALID, "unknown operation kind %d",

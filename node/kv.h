@@ -10,6 +10,7 @@
 #ifndef FB_KV_H
 #define FB_KV_H
 
+#include "fedbft.pb-c.h"
 #include "store_db.h"
 
 #include <stddef.h>
@@ -22,6 +23,14 @@
  * caller rolls the batch back). */
 int kv_execute(store_db *d, uint64_t seq, const uint8_t *req, size_t len, uint8_t **out,
                size_t *out_len);
+
+#define KV_INFER_MAX_PROMPT 65536 /* bytes of an INFER prompt */
+#define KV_INFER_MAX_TOKENS 4096  /* tokens an INFER may ask for */
+
+/* Whether INFER parameters are acceptable, with the reason in why (NULL:
+ * ok).  Execution answers STATUS_INVALID for the same cases, so every
+ * replica decides alike before it runs the inference. */
+const char *kv_infer_invalid(const Fedbft__InferParams *p);
 
 /* A read-only request: a GET against the executed state; anything else gets
  * STATUS_INVALID.  Writes nothing. */

@@ -13,6 +13,7 @@
 #include "node_state.h"
 #include "ops.h"
 #include "sig.h"
+#include "kv.h"
 #include "serve.h"
 #include "sigcache.h"
 #include "store.h"
@@ -99,7 +100,9 @@ struct fb_node {
     net *net;
     store *store;
     fb_sigcache *sigcache;
-    serve *serve; /* inference API, batcher, cache */
+    serve *serve;        /* inference API, batcher, cache */
+    bool infer_lie;      /* fault injection: send wrong InferResults (tests) */
+    uint32_t infer_jobs; /* INFERs running for clients */
     fb_batchver *bv;
     node_state *state; /* state transfer */
     admin *admin;
@@ -358,6 +361,89 @@ static void do_persist(fb_node *n, const pbft_record *rec)
         abort(); /* out of memory building a batch */
 }
 
+/* ---- INFER through consensus ---- */
+
+#define MAX_INFER_JOBS 1024 /* INFERs running at once; more are refused */
+
+typedef struct infer_job {
+    fb_node *n;
+    uint32_t client;
+    uint64_t ts, seq;
+} infer_job;
+
+/* The batcher finished (or refused) an ordered INFER: seal an InferResult
+ * for its client.  A lying replica (fault injection) changes the text and
+ * the digest, which the client must outvote. */
+static void on_infer_done(void *ud, const serve_infer_result *r)
+{
+    infer_job *j = ud;
+    fb_node *n = j->n;
+    n->infer_jobs--;
+    if (n->stopping) {
+        free(j);
+        return;
+    }
+    Fedbft__InferResult ir = FEDBFT__INFER_RESULT__INIT;
+    ir.client = j->client;
+    ir.timestamp = j->ts;
+    ir.replica = n->cfg.id;
+    ir.seq = j->seq;
+    uint8_t digest[16];
+    memcpy(digest, r->output_digest, sizeof digest);
+    char *text = malloc(r->text_len + 16);
+    if (!text)
+        abort();
+    memcpy(text, r->text ? r->text : "", r->text_len);
+    text[r->text_len] = '\0';
+    if (n->infer_lie && !r->error) {
+        snprintf(text + r->text_len, 16, " (forged)");
+        digest[0] ^= 0xff;
+    }
+    ir.output_digest = (ProtobufCBinaryData){r->error ? 0 : sizeof digest, digest};
+    ir.model_digest = (ProtobufCBinaryData){r->error ? 0 : 16, (uint8_t *)r->model_digest};
+    ir.text = text;
+    ir.n_tokens = r->error ? 0 : (size_t)r->n_tokens;
+    ir.tokens = (int32_t *)r->tokens;
+    ir.finish = (char *)(r->finish ? r->finish : "");
+    ir.error = (char *)(r->error ? r->error : "");
+    size_t plen = fedbft__infer_result__get_packed_size(&ir);
+    uint8_t *payload = malloc(plen ? plen : 1);
+    if (!payload)
+        abort();
+    fedbft__infer_result__pack(&ir, payload);
+    free(text);
+    out_item o = {.kind = OUT_CLIENT, .to = j->client};
+    if (fb_env_seal(FEDBFT__MSG_TYPE__MSG_INFER_RESULT, n->cfg.id, payload, plen, &n->id, &o.bytes,
+                    &o.len) != 0)
+        abort();
+    free(payload);
+    emit(n, o);
+    free(j);
+}
+
+/* An INFER committed at seq: run it through the batcher (execution goes on
+ * without waiting).  Invalid parameters were answered STATUS_INVALID by
+ * execution on every replica, so nothing runs for them. */
+static void start_infer(fb_node *n, const Fedbft__Request *rq, uint64_t seq)
+{
+    const Fedbft__InferParams *p = rq->op->infer;
+    if (kv_infer_invalid(p))
+        return;
+    infer_job *j = malloc(sizeof *j);
+    if (!j)
+        abort();
+    *j = (infer_job){.n = n, .client = rq->client, .ts = rq->timestamp, .seq = seq};
+    n->infer_jobs++;
+    if (n->infer_jobs > MAX_INFER_JOBS) {
+        serve_infer_result r = {.error = "this replica is running too many INFERs",
+                                .finish = "error"};
+        on_infer_done(j, &r);
+        return;
+    }
+    serve_infer(n->serve, p->prompt ? p->prompt : "", (int)p->max_tokens, p->temperature,
+                (int)p->top_k, p->top_p, p->seed, on_infer_done, j);
+}
+
 static void do_execute(fb_node *n, const pbft_action *a)
 {
     /* A batch carries at most one execution; the replica issues the next only
@@ -389,6 +475,8 @@ static void do_execute(fb_node *n, const pbft_action *a)
             ops_mark(n->ops, rq->client, rq->timestamp, OPS_COMMITTED, a->execute.seq, t);
             sb->exec_clients[sb->nexec] = rq->client;
             sb->exec_ts[sb->nexec++] = rq->timestamp;
+            if (rq->op && rq->op->kind == FEDBFT__OPERATION__KIND__OP_INFER)
+                start_infer(n, rq, a->execute.seq);
         }
     }
     sb->has_exec = true;
@@ -1448,8 +1536,15 @@ static json_t *admin_fault(void *arg, json_t *request, const char **err)
                "node.json; test clusters only)";
         return NULL;
     }
+    json_t *lie = json_object_get(request, "infer_lie");
+    if (lie) {
+        const char *v = json_string_value(lie);
+        n->infer_lie = json_is_true(lie) || (v && strcmp(v, "true") == 0);
+        LOG_WARN("fault injection: InferResults are %s", n->infer_lie ? "forged" : "honest");
+    }
     if (json_is_true(json_object_get(request, "clear"))) {
         net_fault_clear(n->net);
+        n->infer_lie = false;
         LOG_WARN("fault injection cleared");
     } else if (json_object_get(request, "peer")) {
         json_t *p = json_object_get(request, "peer");
@@ -1490,7 +1585,7 @@ static json_t *admin_fault(void *arg, json_t *request, const char **err)
         json_array_append_new(links, json_pack("{s:i, s:b, s:b, s:i}", "peer", (int)i, "drop_in",
                                                in, "drop_out", out, "delay_ms", (int)delay));
     }
-    return json_pack("{s:o}", "faults", links);
+    return json_pack("{s:o, s:b}", "faults", links, "infer_lie", n->infer_lie);
 }
 
 static int start_admin(fb_node *n, char *err, size_t errlen)
@@ -1526,7 +1621,8 @@ static int start_admin(fb_node *n, char *err, size_t errlen)
                       admin_metrics, n);
         admin_command(n->admin, "fault",
                       "test clusters only: peer=I|all drop=in|out|both|none delay_ms=N, "
-                      "clear=true, or no arguments to show",
+                      "infer_lie=true|false (forge InferResults), clear=true, or no arguments "
+                      "to show",
                       admin_fault, n);
         admin_command(n->admin, "cache",
                       "inference response cache: entries, bytes, hits, misses, coalesced, "
@@ -1546,6 +1642,21 @@ int fb_node_start(fb_node *n, char *err, size_t errlen)
 {
     n->started_ms = now_ms(n);
     int rc = serve_new(n->loop, &n->cfg.inference, n->metrics, &n->serve, err, errlen);
+    if (rc == 0 && n->cluster.has_model_digest) {
+        /* INFER outputs are compared across replicas: all must serve the
+         * model cluster.json pins. */
+        const uint8_t *d = serve_model_digest(n->serve);
+        char want[33], have[33] = "none";
+        sodium_bin2hex(want, sizeof want, n->cluster.model_digest, 16);
+        if (d)
+            sodium_bin2hex(have, sizeof have, d, 16);
+        if (!d || memcmp(d, n->cluster.model_digest, 16) != 0)
+            rc = fb_errf(err, errlen, FB_EINVAL,
+                         "cluster.json pins model_digest %s but this node serves %s%s%s; "
+                         "configure inference.model in node.json with that model",
+                         want, d ? "a model with digest " : "no model", d ? have : "",
+                         d ? "" : " (inference.model is empty)");
+    }
     if (rc == 0)
         rc = net_start(n->net, err, errlen);
     if (rc == 0)

@@ -71,6 +71,8 @@ struct serve {
 struct inflight {
     serve *s;
     fb_http_req *req;
+    serve_infer_cb icb; /* an INFER through consensus instead of an HTTP client */
+    void *iud;
     uint64_t id;
     bool stream, leader;
     rcache_key key;
@@ -143,6 +145,21 @@ static void new_cmpl_id(char *out, size_t cap)
     snprintf(out, cap, "cmpl-%s", hex);
 }
 
+/* The output digest covers the model and the generated ids (as
+ * little-endian int32), so replicas, and clients comparing them, agree on
+ * exactly what was produced. */
+static void output_digest(const serve *s, const int32_t *tokens, int n, uint8_t out[16])
+{
+    XXH3_state_t *st = XXH3_createState();
+    XXH3_128bits_reset(st);
+    XXH3_128bits_update(st, llm_model_digest(s->model), 16);
+    XXH3_128bits_update(st, tokens, (size_t)n * sizeof *tokens);
+    XXH128_canonical_t c;
+    XXH128_canonicalFromHash(&c, XXH3_128bits_digest(st));
+    XXH3_freeState(st);
+    memcpy(out, c.digest, 16);
+}
+
 /* The cached / computed result of a completion: what every answer to it
  * is built from. */
 static json_t *result_json(const serve *s, const char *text, size_t len, const int32_t *tokens,
@@ -151,17 +168,10 @@ static json_t *result_json(const serve *s, const char *text, size_t len, const i
     json_t *ids = json_array();
     for (int i = 0; i < n_tokens; i++)
         json_array_append_new(ids, json_integer(tokens[i]));
-    /* The output digest covers the model and the generated ids, so replicas
-     * (and clients comparing them) agree on exactly what was produced. */
-    XXH3_state_t *st = XXH3_createState();
-    XXH3_128bits_reset(st);
-    XXH3_128bits_update(st, llm_model_digest(s->model), 16);
-    XXH3_128bits_update(st, tokens, (size_t)n_tokens * sizeof *tokens);
-    XXH128_canonical_t c;
-    XXH128_canonicalFromHash(&c, XXH3_128bits_digest(st));
-    XXH3_freeState(st);
+    uint8_t d[16];
+    output_digest(s, tokens, n_tokens, d);
     char hex[33];
-    sodium_bin2hex(hex, sizeof hex, c.digest, sizeof c.digest);
+    sodium_bin2hex(hex, sizeof hex, d, sizeof d);
     json_t *t = json_stringn(text, len);
     if (!t) { /* not valid UTF-8 (a cut multi-byte character): keep it printable */
         char *fixed = malloc(len + 1);
@@ -308,8 +318,34 @@ static void live_remove(serve *s, inflight *f)
         f->next->prev = f->prev;
 }
 
+static void infer_done(serve *s, inflight *f, evmsg *e)
+{
+    bool ok = strcmp(e->finish, "error") != 0 && strcmp(e->finish, "cancelled") != 0;
+    char why[400];
+    serve_infer_result r = {.text = e->data ? e->data : "",
+                            .text_len = e->len,
+                            .tokens = e->tokens,
+                            .n_tokens = e->n_tokens,
+                            .finish = e->finish};
+    if (!ok) {
+        snprintf(why, sizeof why, "inference did not complete (%s)%s%s", e->finish,
+                 e->errmsg[0] ? ": " : "", e->errmsg);
+        r.error = why;
+    }
+    output_digest(s, e->tokens, e->n_tokens, r.output_digest);
+    memcpy(r.model_digest, llm_model_digest(s->model), 16);
+    f->icb(f->iud, &r);
+    fb_metric_add(ok ? s->m.ok : s->m.failed, 1);
+}
+
 static void on_done(serve *s, inflight *f, evmsg *e)
 {
+    if (f->icb) {
+        infer_done(s, f, e);
+        live_remove(s, f);
+        free(f);
+        return;
+    }
     bool ok = strcmp(e->finish, "error") != 0 && strcmp(e->finish, "cancelled") != 0;
     json_t *result = ok ? result_json(s, e->data ? e->data : "", e->len, e->tokens, e->n_tokens,
                                       e->finish, e->n_prompt)
@@ -730,6 +766,49 @@ static void on_api(void *arg, fb_http_req *req, const fb_http_req_info *info)
         models(s, req);
     else
         completions(s, req, info);
+}
+
+static void infer_refused(serve_infer_cb cb, void *ud, const char *why)
+{
+    serve_infer_result r = {.error = why, .finish = "error"};
+    cb(ud, &r);
+}
+
+void serve_infer(serve *s, const char *prompt, int max_tokens, float temperature, int top_k,
+                 float top_p, uint64_t seed, serve_infer_cb cb, void *ud)
+{
+    char err[512];
+    if (!s->model || !s->bat || s->closing) {
+        infer_refused(cb, ud, s->model ? "the node is stopping" : "this replica serves no model");
+        return;
+    }
+    size_t len = strlen(prompt), cap = len + 2, n = 0;
+    completion_req r = {
+        .max_tokens = max_tokens,
+        .sp = {.temperature = temperature, .top_k = top_k, .top_p = top_p, .seed = seed}};
+    r.prompt = malloc(cap * sizeof *r.prompt);
+    int rc = r.prompt ? tok_encode(llm_model_tok(s->model), prompt, len, true, r.prompt, cap, &n)
+                      : FB_ENOMEM;
+    r.n_prompt = (int)n;
+    inflight *f = rc == 0 ? calloc(1, sizeof *f) : NULL;
+    if (!f) {
+        free(r.prompt);
+        infer_refused(cb, ud, rc ? "cannot tokenize the prompt" : "out of memory");
+        return;
+    }
+    *f = (inflight){.s = s, .icb = cb, .iud = ud, .t0 = now_s()};
+    snprintf(f->cmpl_id, sizeof f->cmpl_id, "infer");
+    rc = submit(s, f, &r, err, sizeof err);
+    free(r.prompt);
+    if (rc < 0) {
+        free(f);
+        infer_refused(cb, ud, err);
+    }
+}
+
+const uint8_t *serve_model_digest(const serve *s)
+{
+    return s && s->model ? llm_model_digest(s->model) : NULL;
 }
 
 /* ---- lifecycle, admin, metrics ---- */

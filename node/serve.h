@@ -32,6 +32,28 @@ void serve_sync_metrics(serve *s);
  * and `cache` (stats; clear=true empties it). */
 json_t *serve_admin_batcher(void *arg, json_t *request, const char **err);
 json_t *serve_admin_cache(void *arg, json_t *request, const char **err);
+/* INFER through consensus: after an INFER executed at some seq, the node
+ * runs it here and sends the client what cb receives. */
+typedef struct serve_infer_result {
+    const char *error; /* non-NULL: not run (no model, queue full, bad prompt) */
+    const char *text;
+    size_t text_len;
+    const int32_t *tokens;
+    int n_tokens;
+    const char *finish;
+    uint8_t output_digest[16]; /* XXH3-128 over (model digest, tokens) */
+    uint8_t model_digest[16];
+} serve_infer_result;
+typedef void (*serve_infer_cb)(void *ud, const serve_infer_result *r);
+
+/* Run prompt through the batcher (BOS added) with these sampling settings;
+ * cb(ud, result) runs exactly once on the loop thread, possibly before this
+ * returns (when the request is refused). */
+void serve_infer(serve *s, const char *prompt, int max_tokens, float temperature, int top_k,
+                 float top_p, uint64_t seed, serve_infer_cb cb, void *ud);
+/* The served model's digest (16 bytes), or NULL without a model. */
+const uint8_t *serve_model_digest(const serve *s);
+
 /* Stop the batcher (requests in flight end; their clients get an error or
  * the end of their stream), then release the uv_async; cb(arg) runs when
  * the handle is closed.  serve_free after that. */

@@ -82,7 +82,7 @@ size_t fuzz_seed(int i, uint8_t *buf, size_t cap)
         break;
     }
     default:
-        if (type > FEDBFT__MSG_TYPE__MSG_CHANNEL_FINISH)
+        if (type > FEDBFT__MSG_TYPE__MSG_INFER_RESULT)
             return 0;
         memset(payload, 0x2a, 40); /* not a valid payload for this type: decoders must cope */
         plen = 40;

@@ -4,8 +4,10 @@
 # completions (greedy, seeded, streamed as server-sent events), the same
 # output digest on two replicas, the response cache and single-flight (50
 # identical concurrent requests computed once), every error path in OpenAI's
-# error shape, a full queue and a rate limit (429 with Retry-After), and the
-# admin `batcher` / `cache` commands and inference metrics.
+# error shape, a full queue and a rate limit (429 with Retry-After), INFER
+# through consensus with f+1 matching digests (and one lying replica
+# outvoted), the pinned model digest, and the admin `batcher` / `cache`
+# commands and inference metrics.
 #   infer_api.sh PATH_TO_FEDBFT
 set -u
 FEDBFT=${1:?usage: infer_api.sh PATH_TO_FEDBFT}
@@ -177,6 +179,38 @@ m=$(curl -s "http://127.0.0.1:$((base + 200))/metrics")
 check "metrics: requests by result" grep -q 'fedbft_inference_requests_total{result="ok"}' <<< "$m"
 check "metrics: tokens generated" grep -q '^fedbft_inference_tokens_generated_total' <<< "$m"
 check "metrics: cache hits" grep -q '^fedbft_inference_cache_hits_total' <<< "$m"
+
+# INFER through consensus: ordered, run by every replica, accepted on f+1
+# matching output digests; one lying replica is outvoted
+C="$FEDBFT client --cluster $dir/cluster.json --key $dir/clients/client0/node.key --timeout 20000"
+http_text=$(curl -s "http://127.0.0.1:$((base + 200))/v1/completions" \
+    -d '{"prompt": "The federation agreed on", "max_tokens": 12, "temperature": 0}' |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["choices"][0]["text"])')
+out=$($C infer --max-tokens 12 "The federation agreed on" 2> "$tmp/infer.err"); rc=$?
+check "client infer exits 0" test $rc -eq 0
+check "f+1 replicas agreed on the output" grep -q "agreed by replicas" "$tmp/infer.err"
+check "the consensus output equals the HTTP API's (same model, same numerics)" test "$out" = "$http_text"
+check "cluster.json pins the model digest" grep -q '"model_digest"' "$dir/cluster.json"
+ctl 3 fault infer_lie=true > /dev/null
+out2=$($C infer --max-tokens 12 "The federation agreed on" 2> "$tmp/infer2.err"); rc=$?
+check "with replica 3 lying, infer still exits 0" test $rc -eq 0
+check "with the honest output" test "$out2" = "$http_text"
+check "and the lying replica is not among those that agreed" \
+    sh -c 'grep "agreed by replicas" "$1" | grep -qv "replicas.* 3 "' _ "$tmp/infer2.err"
+ctl 3 fault clear=true > /dev/null
+$C infer --max-tokens 0 "x" > /dev/null 2> "$tmp/infer3.err"; rc=$?
+check "an invalid INFER is refused by consensus (exit 2)" test $rc -eq 2
+check "with the reason" grep -q "max_tokens must be 1..4096" "$tmp/infer3.err"
+# a replica configured with another model refuses to start
+"$FEDBFT" model synth --preset tiny --out "$tmp/other.gguf" > /dev/null
+python3 -c '
+import json, sys
+c = json.load(open(sys.argv[1])); c["inference"]["model"] = sys.argv[3]
+c["data_dir"] = sys.argv[4]
+json.dump(c, open(sys.argv[2], "w"))' "$dir/node3/node.json" "$dir/node3/other.json" "$tmp/other.gguf" "$tmp/otherdata"
+timeout 20 "$FEDBFT" run --config "$dir/node3/other.json" > "$tmp/other.out" 2>&1; rc=$?
+check "a replica serving another model will not start" test $rc -ne 0
+check "and says which digest cluster.json pins" grep -q "pins model_digest" "$tmp/other.out"
 
 echo "$fails failure(s), $skips skipped"
 test "$fails" -eq 0
