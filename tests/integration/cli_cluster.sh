@@ -38,7 +38,8 @@ check "cluster.json exists, mode 0644" test "$(mode "$d/cluster.json")" = 644
 mapfile -t v < <(json "$d/cluster.json" "sorted(j)" "len(j['replicas'])" "len(j['clients'])" \
     "len({e['public_key'] for e in j['replicas'] + j['clients']})")
 check "cluster.json is valid JSON" test ${#v[@]} -eq 4
-check "cluster.json has exactly replicas and clients" test "${v[0]:-}" = "['clients', 'replicas']"
+check "cluster.json has exactly replicas, clients and the pinned model digest" \
+    test "${v[0]:-}" = "['clients', 'model_digest', 'replicas']"
 check "cluster.json lists 4 replicas" test "${v[1]:-}" = 4
 check "cluster.json lists 3 clients" test "${v[2]:-}" = 3
 check "all 7 public keys are distinct" test "${v[3]:-}" = 7

@@ -34,7 +34,7 @@ static void test_domains_give_distinct_digests(void **state)
         for (size_t j = i + 1; j < NDOMAINS; j++)
             assert_memory_not_equal(d[i], d[j], FB_DIGEST_LEN);
     assert_false(fb_domain_valid(0));
-    assert_false(fb_domain_valid(14));
+    assert_false(fb_domain_valid(15));
     assert_false(fb_domain_valid(99));
 }
 

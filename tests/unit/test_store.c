@@ -487,13 +487,32 @@ static void test_execute_operations(void **state)
         get_expect(f, "c", cas[i].after ? OK : NF, cas[i].after);
     }
 
-    /* INFER is answered, not executed. */
+    /* INFER is validated and accepted (each replica then runs it), or
+     * refused alike on every replica when its parameters are bad. */
     Fedbft__Operation op = FEDBFT__OPERATION__INIT;
+    Fedbft__InferParams ip = FEDBFT__INFER_PARAMS__INIT;
     op.kind = FEDBFT__OPERATION__KIND__OP_INFER;
     o = exec1(f, ++seq, request(1000, ++ts, &op, &len), &len);
     Fedbft__Result *r = fedbft__result__unpack(NULL, o->len[0], o->res[0]);
-    assert_int_equal(r->status, FEDBFT__RESULT__STATUS__STATUS_UNAVAILABLE);
-    assert_string_equal(r->error, "inference not available on this node");
+    assert_int_equal(r->status, FEDBFT__RESULT__STATUS__STATUS_INVALID);
+    assert_string_equal(r->error, "INFER has no parameters");
+    fedbft__result__free_unpacked(r, NULL);
+    outcome_free(o);
+    op.infer = &ip;
+    ip.prompt = "hello";
+    ip.max_tokens = 0;
+    o = exec1(f, ++seq, request(1000, ++ts, &op, &len), &len);
+    r = fedbft__result__unpack(NULL, o->len[0], o->res[0]);
+    assert_int_equal(r->status, FEDBFT__RESULT__STATUS__STATUS_INVALID);
+    assert_string_equal(r->error, "INFER max_tokens must be 1..4096");
+    fedbft__result__free_unpacked(r, NULL);
+    outcome_free(o);
+    ip.max_tokens = 16;
+    o = exec1(f, ++seq, request(1000, ++ts, &op, &len), &len);
+    r = fedbft__result__unpack(NULL, o->len[0], o->res[0]);
+    assert_int_equal(r->status, FEDBFT__RESULT__STATUS__STATUS_OK);
+    assert_int_equal(r->value.len, 8);
+    assert_memory_equal(r->value.data, "accepted", 8);
     fedbft__result__free_unpacked(r, NULL);
     outcome_free(o);
 
