@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # deploy/quickstart.sh - install what is missing, build, and run the main job:
 # a local 4-node fedbft cluster on 127.0.0.1 that commits writes, serves
-# reads and runs inference on the synthesized small model through node 0's
+# reads and runs inference on the synthesized small model, once through
+# consensus (f+1 replicas agree on the output) and once through node 0's
 # OpenAI-style HTTP API, then shows each node's status.  The cluster keeps running; stop it
 # with:  ./build/fedbft cluster down --dir out/quickstart
 set -euo pipefail
@@ -37,6 +38,11 @@ echo "== 200 writes from 8 concurrent clients"
 "$F" client --cluster "$dir/cluster.json" --keys "$dir/clients" load --writes 200 --concurrency 8
 echo
 port=$(sed -n 's/.*"http_port": *\([0-9]*\).*/\1/p' "$dir/node0/node.json")
+echo "== inference through consensus: ordered by PBFT, run by every replica, accepted on f+1 matching output digests"
+set -x
+client infer --max-tokens 16 "The federation agreed on"
+set +x
+echo
 echo "== inference through node 0's HTTP API (OpenAI-style; the model is random, so is the text)"
 set -x
 curl -sS "http://127.0.0.1:$port/v1/models"; echo

@@ -80,6 +80,13 @@ struct inflight {
     int64_t created;
     double t0;
     inflight *prev, *next;
+    /* streaming: the text so far, and how much of it went out.  The last
+     * `hold` bytes wait (they may begin a stop string), and so does an
+     * incomplete UTF-8 character. */
+    char *buf;
+    size_t len, cap, sent, hold;
+    char stop[BATCHER_MAX_STOP][BATCHER_MAX_STOP_LEN + 1];
+    int n_stop;
 };
 
 /* A client waiting for another request's result (single-flight). */
@@ -224,14 +231,78 @@ static void stream_send(serve *s, inflight *f, const char *data, size_t len)
     }
 }
 
+/* Bytes at the end of b[from, to) that start a UTF-8 character not yet
+ * complete: the chunk must stop before them. */
+static size_t complete_utf8(const char *b, size_t from, size_t to)
+{
+    for (size_t back = 1; back <= 3 && back <= to - from; back++) {
+        unsigned char c = (unsigned char)b[to - back];
+        if ((c & 0xc0) == 0x80)
+            continue; /* a continuation byte: keep looking for the lead */
+        size_t need = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 1;
+        return need > back ? to - back : to;
+    }
+    return to;
+}
+
+static void stream_text(serve *s, inflight *f, const char *text, size_t len);
+
+/* A streamed piece: add it to the text, send what can no longer be part of
+ * a stop string or of an unfinished character. */
+static void stream_piece(serve *s, inflight *f, const char *piece, size_t n)
+{
+    if (f->len + n > f->cap) {
+        size_t cap = (f->len + n) * 2 + 64;
+        char *b = realloc(f->buf, cap);
+        if (!b)
+            return;
+        f->buf = b;
+        f->cap = cap;
+    }
+    memcpy(f->buf + f->len, piece, n);
+    f->len += n;
+    /* The piece that completes a stop string arrives before the end of the
+     * request: never send from its start on. */
+    size_t limit = f->len;
+    for (int i = 0; i < f->n_stop; i++) {
+        size_t sl = strlen(f->stop[i]);
+        size_t from = f->sent > sl ? f->sent - sl : 0;
+        const char *at =
+            f->len - from >= sl ? memmem(f->buf + from, f->len - from, f->stop[i], sl) : NULL;
+        if (at && (size_t)(at - f->buf) < limit)
+            limit = (size_t)(at - f->buf);
+    }
+    if (limit < f->len) {
+        if (limit > f->sent) {
+            size_t end = complete_utf8(f->buf, f->sent, limit);
+            stream_text(s, f, f->buf + f->sent, end - f->sent);
+            f->sent = end;
+        }
+        f->hold = f->len; /* the rest is cut: DONE follows */
+        return;
+    }
+    if (f->len <= f->sent + f->hold)
+        return;
+    size_t end = complete_utf8(f->buf, f->sent, f->len - f->hold);
+    if (end > f->sent) {
+        stream_text(s, f, f->buf + f->sent, end - f->sent);
+        f->sent = end;
+    }
+}
+
 /* SSE: one event with one completion chunk. */
 static void stream_chunk(serve *s, inflight *f, const char *text, size_t len, const char *finish)
 {
     if (!f->req)
         return;
     json_t *t = json_stringn(text, len);
-    if (!t)
-        t = json_string("");
+    if (!t) { /* bytes that never formed a character: shown as '?' */
+        char *fixed = malloc(len + 1);
+        for (size_t i = 0; fixed && i < len; i++)
+            fixed[i] = (unsigned char)text[i] < 0x80 ? text[i] : '?';
+        t = json_stringn(fixed ? fixed : "", fixed ? len : 0);
+        free(fixed);
+    }
     json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:[{s:o, s:i, s:n, s:o}]}", "id", f->cmpl_id,
                           "object", "text_completion", "created", (json_int_t)f->created, "model",
                           s->model_id, "choices", "text", t, "index", 0, "logprobs",
@@ -250,6 +321,11 @@ static void stream_chunk(serve *s, inflight *f, const char *text, size_t len, co
         free(ev);
     }
     free(body);
+}
+
+static void stream_text(serve *s, inflight *f, const char *text, size_t len)
+{
+    stream_chunk(s, f, text, len, NULL);
 }
 
 /* ---- batcher events (batcher thread -> loop) ---- */
@@ -364,6 +440,9 @@ static void on_done(serve *s, inflight *f, evmsg *e)
     }
     if (f->req) {
         if (f->stream) {
+            /* The final text (cut before a stop string) less what went out. */
+            if (result && e->len > f->sent)
+                stream_text(s, f, e->data + f->sent, e->len - f->sent);
             if (result)
                 stream_chunk(s, f, "", 0, openai_finish(e->finish));
             stream_send(s, f, "data: [DONE]\n\n", 14);
@@ -382,6 +461,7 @@ static void on_done(serve *s, inflight *f, evmsg *e)
     fb_metric_add(result ? s->m.ok : s->m.failed, 1);
     json_decref(result);
     live_remove(s, f);
+    free(f->buf);
     free(f);
 }
 
@@ -403,7 +483,7 @@ static void on_async(uv_async_t *a)
             break;
         if (e.kind == BATCHER_TOKEN) {
             if (e.f->req && e.f->stream && e.len > 0)
-                stream_chunk(s, e.f, e.data, e.len, NULL);
+                stream_piece(s, e.f, e.data, e.len);
         } else {
             on_done(s, e.f, &e);
         }
@@ -712,6 +792,12 @@ static void completions(serve *s, fb_http_req *req, const fb_http_req_info *info
                     .t0 = now_s()};
     if (cacheable)
         f->key = key;
+    for (int i = 0; i < r.n_stop; i++) {
+        if (strlen(r.stop[i]) > f->hold + 1)
+            f->hold = strlen(r.stop[i]) - 1;
+        memcpy(f->stop[i], r.stop[i], sizeof f->stop[i]);
+    }
+    f->n_stop = r.n_stop;
     new_cmpl_id(f->cmpl_id, sizeof f->cmpl_id);
     rc = submit(s, f, &r, err, sizeof err);
     free(r.prompt);
@@ -1039,6 +1125,7 @@ void serve_free(serve *s)
     while (s->live) {
         inflight *f = s->live;
         s->live = f->next;
+        free(f->buf);
         free(f);
     }
     free(s->q);

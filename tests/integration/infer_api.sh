@@ -111,6 +111,21 @@ check("streamed text equals the plain completion", text == r0["choices"][0]["tex
 check("last chunk carries finish_reason",
       len(events) > 1 and json.loads(events[-2])["choices"][0]["finish_reason"] == "length")
 
+# a stop string ends the completion and is cut, streamed or not
+full = r0["choices"][0]["text"]
+stop = full[6:9] if len(full) > 9 else "zz"
+st, _, b = call(0, "/v1/completions", dict(greedy, stop=[stop]))
+plain = json.loads(b)["choices"][0]["text"] if st == 200 else None
+check("stop string: the text ends before it", st == 200 and plain == full[:full.find(stop)]
+      and json.loads(b)["choices"][0]["finish_reason"] == "stop")
+req = urllib.request.Request(url(0, "/v1/completions"),
+                             data=json.dumps(dict(greedy, stop=[stop], stream=True)).encode(),
+                             headers={"Content-Type": "application/json"})
+with urllib.request.urlopen(req, timeout=60) as r:
+    events = [l[6:] for l in r.read().decode().split("\n") if l.startswith("data: ")]
+streamed = "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1])
+check("stop string: the stream never shows it", streamed == plain)
+
 # single-flight: 50 identical requests at once, computed once
 sf = {"prompt": "Single flight", "max_tokens": 24, "temperature": 0.8, "seed": 4242}
 results = []
@@ -211,6 +226,19 @@ json.dump(c, open(sys.argv[2], "w"))' "$dir/node3/node.json" "$dir/node3/other.j
 timeout 20 "$FEDBFT" run --config "$dir/node3/other.json" > "$tmp/other.out" 2>&1; rc=$?
 check "a replica serving another model will not start" test $rc -ne 0
 check "and says which digest cluster.json pins" grep -q "pins model_digest" "$tmp/other.out"
+
+# a cluster that serves no model answers 503
+dir2=$tmp/nomodel
+"$FEDBFT" cluster init --nodes 4 --dir "$dir2" --base-port $((base + 5)) --durability os --model none > /dev/null 2>&1
+check "init --model none pins no digest" sh -c '! grep -q model_digest "$1/cluster.json"' _ "$dir2"
+if "$FEDBFT" cluster up --dir "$dir2" > /dev/null 2>&1; then
+    code=$(curl -s -o "$tmp/nm.json" -w '%{http_code}' "http://127.0.0.1:$((base + 205))/v1/completions" -d '{"prompt":"x"}')
+    check "no model: 503" test "$code" = 503
+    check "no model: OpenAI error naming inference.model" grep -q '"error".*inference.model' "$tmp/nm.json"
+    out=$(ctl_dir() { "$FEDBFT" ctl --socket "$dir2/node0/data/admin.sock" --json batcher 2>&1; }; ctl_dir)
+    check "no model: admin batcher says so" grep -q "serves no model" <<< "$out"
+fi
+"$FEDBFT" cluster down --dir "$dir2" > /dev/null 2>&1
 
 echo "$fails failure(s), $skips skipped"
 test "$fails" -eq 0
