@@ -7,6 +7,7 @@
 #include "kernels.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -331,8 +332,26 @@ typedef struct scratch {
     row_info *rows;
 } scratch;
 
+/* The weight prefetcher: single-sequence decode is bound by how fast one
+ * core pulls the weights from memory, and splitting its small matmuls across
+ * threads costs more in wake-ups (~30 us each here) than it saves.  So a
+ * helper, woken once per decode call, reads the step's weights in the order
+ * the caller will use them; they then come from the shared cache, with two
+ * cores' worth of memory parallelism.  It never changes a result.  Between
+ * calls it blocks on a condition variable. */
+typedef struct prefetcher {
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint64_t gen;
+    bool stop, started;
+    const llm_model *m;
+    volatile uint64_t sink; /* keeps the loads from being optimized away */
+} prefetcher;
+
 struct llm_ctx {
     const llm_model *m;
+    prefetcher pf;
     const kn_ops *ops;
     kn_pool *pool;
     int n_slots, n_ctx, max_tokens;
@@ -348,6 +367,76 @@ struct llm_ctx {
     int n_scratch;                                          /* one scratch set per thread */
     scratch *scratch;
 };
+
+static uint64_t touch(const kn_weight *w)
+{
+    const unsigned char *p = w->data;
+    size_t n = (size_t)w->n_out * w->row_bytes;
+    uint64_t s = 0;
+    for (size_t i = 0; i < n; i += 64)
+        s += p[i];
+    return s;
+}
+
+static void *prefetch_main(void *arg)
+{
+    prefetcher *pf = arg;
+    uint64_t seen = 0;
+    for (;;) {
+        pthread_mutex_lock(&pf->mu);
+        while (pf->gen == seen && !pf->stop)
+            pthread_cond_wait(&pf->cv, &pf->mu);
+        bool stop = pf->stop;
+        seen = pf->gen;
+        pthread_mutex_unlock(&pf->mu);
+        if (stop)
+            return NULL;
+        const llm_model *m = pf->m;
+        uint64_t s = 0;
+        for (int l = 0; l < m->hp.n_layer; l++) {
+            const layer_w *L = &m->layers[l];
+            s += touch(&L->wq) + touch(&L->wk) + touch(&L->wv) + touch(&L->wo);
+            s += touch(&L->gate) + touch(&L->up) + touch(&L->down);
+        }
+        pf->sink = s + touch(&m->output);
+    }
+}
+
+static int prefetch_start(prefetcher *pf, const llm_model *m)
+{
+    pf->m = m;
+    pthread_mutex_init(&pf->mu, NULL);
+    pthread_cond_init(&pf->cv, NULL);
+    if (pthread_create(&pf->th, NULL, prefetch_main, pf) != 0)
+        return FB_ENOMEM;
+    pthread_setname_np(pf->th, "fb-prefetch");
+    pf->started = true;
+    return 0;
+}
+
+static void prefetch_wake(prefetcher *pf)
+{
+    if (!pf->started)
+        return;
+    pthread_mutex_lock(&pf->mu);
+    pf->gen++;
+    pthread_cond_signal(&pf->cv);
+    pthread_mutex_unlock(&pf->mu);
+}
+
+static void prefetch_stop(prefetcher *pf)
+{
+    if (!pf->started)
+        return;
+    pthread_mutex_lock(&pf->mu);
+    pf->stop = true;
+    pthread_cond_signal(&pf->cv);
+    pthread_mutex_unlock(&pf->mu);
+    pthread_join(pf->th, NULL);
+    pthread_mutex_destroy(&pf->mu);
+    pthread_cond_destroy(&pf->cv);
+    pf->started = false;
+}
 
 int llm_ctx_new(const llm_model *m, const llm_ctx_params *p, llm_ctx **out, char *err,
                 size_t errlen)
@@ -384,6 +473,8 @@ int llm_ctx_new(const llm_model *m, const llm_ctx_params *p, llm_ctx **out, char
     c->kv_slot_stride = c->kv_layer_stride * (size_t)hp->n_layer;
     c->xq_row = (n_max + KN_QK - 1) / KN_QK;
     int rc = kn_pool_new(p->n_threads, &c->pool);
+    if (rc == 0 && p->n_threads > 1 && !p->no_prefetch)
+        rc = prefetch_start(&c->pf, m);
     c->slot_pos = calloc((size_t)c->n_slots, sizeof *c->slot_pos);
     c->k_cache = malloc(c->kv_slot_stride * (size_t)c->n_slots * c->kv_elem);
     c->v_cache = malloc(c->kv_slot_stride * (size_t)c->n_slots * c->kv_elem);
@@ -421,6 +512,7 @@ void llm_ctx_free(llm_ctx *c)
 {
     if (!c)
         return;
+    prefetch_stop(&c->pf);
     kn_pool_free(c->pool);
     free(c->slot_pos);
     free(c->k_cache);
@@ -836,6 +928,9 @@ int llm_decode(llm_ctx *c, const llm_seq *seqs, int n_seqs, char *err, size_t er
     if (n_groups > 1) {
         kn_pool_run_tasks(c->pool, group_task, &gj, n_groups);
     } else {
+        /* A step whose matmuls stay on this thread: stream its weights. */
+        if (macs / (hp->n_layer * 7L) < c->parallel_min)
+            prefetch_wake(&c->pf);
         c->scratch[0].par = true;
         forward(c, &c->scratch[0], seqs, n_seqs);
     }

@@ -83,6 +83,7 @@ typedef struct llm_ctx_params {
                         * 0: LLM_DEFAULT_PARALLEL_MIN */
     bool kv_f32;       /* keep keys and values as F32 (default F16, as llama.cpp: half
                         * the memory; results stay deterministic either way) */
+    bool no_prefetch;  /* no weight-prefetch helper (see llm_decode) */
 } llm_ctx_params;
 
 typedef struct llm_ctx llm_ctx;
@@ -115,9 +116,11 @@ typedef struct llm_seq {
 /* Run the forward pass for n_seqs sequences together: with several threads
  * and sequences, one group of sequences per thread (each streams the weights
  * once for its group); otherwise one pass with the weights streamed once for
- * all.  Logits are the same bits either way.  Errors, with nothing changed: FB_EINVAL (slot out of
- * range or repeated, token id out of range, n_tokens < 1), FB_ETOOBIG (more
- * than max_tokens in all, or a slot would pass n_ctx). */
+ * all.  A pass of a few tokens runs on the calling thread (its matmuls are
+ * too small to split), and a helper thread, woken once per call, streams
+ * the weights ahead of it so that two cores pull them from memory.  Logits are the same bits either
+ * way.  Errors, with nothing changed: FB_EINVAL (slot out of range or repeated, token id out of
+ * range, n_tokens < 1), FB_ETOOBIG (more than max_tokens in all, or a slot would pass n_ctx). */
 int llm_decode(llm_ctx *c, const llm_seq *seqs, int n_seqs, char *err, size_t errlen);
 
 #endif

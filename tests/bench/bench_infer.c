@@ -58,7 +58,7 @@ static void fill_tokens(int32_t *ids, int n, int n_vocab, uint32_t seed)
 typedef struct bench_cfg {
     int threads, steps, path, rounds;
     long parallel_min;
-    bool kv_f32;
+    bool kv_f32, no_prefetch;
 } bench_cfg;
 
 static llm_ctx *new_ctx(const llm_model *m, const bench_cfg *b, int slots, int max_tokens)
@@ -71,7 +71,8 @@ static llm_ctx *new_ctx(const llm_model *m, const bench_cfg *b, int slots, int m
                         .path = b->path,
                         .max_tokens = max_tokens,
                         .parallel_min = b->parallel_min,
-                        .kv_f32 = b->kv_f32};
+                        .kv_f32 = b->kv_f32,
+                        .no_prefetch = b->no_prefetch};
     if (llm_ctx_new(m, &p, &c, err, sizeof err) != 0)
         die("llm_ctx_new", err);
     return c;
@@ -245,6 +246,8 @@ int main(int argc, char **argv)
             b.rounds = atoi(argv[++i]);
         else if (strcmp(argv[i], "--kv-f32") == 0)
             b.kv_f32 = true;
+        else if (strcmp(argv[i], "--no-prefetch") == 0)
+            b.no_prefetch = true;
         else if (strcmp(argv[i], "--parallel-min") == 0 && i + 1 < argc)
             b.parallel_min = atol(argv[++i]);
         else if (strcmp(argv[i], "--seqs") == 0 && i + 1 < argc)
