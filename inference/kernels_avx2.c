@@ -338,28 +338,73 @@ static inline const void *row_at(int type, const void *base, size_t p, size_t st
                           : (const void *)((const float *)base + p * stride);
 }
 
-/* Two keys at a time so the two dependency chains overlap; n % 32 == 0 (the
- * usual head sizes), otherwise one dot per key. */
+/* The 8-lane tree of reduce8 for four vectors at once: returns the four
+ * sums, bit-identical to reduce8 on each (lane j + lane j+4, then lanes
+ * 0+2 and 1+3, then 0+1). */
+static inline void reduce8x4(__m256 s0, __m256 s1, __m256 s2, __m256 s3, float *out)
+{
+    __m256 t01 =
+        _mm256_add_ps(_mm256_permute2f128_ps(s0, s1, 0x20), _mm256_permute2f128_ps(s0, s1, 0x31));
+    __m256 t23 =
+        _mm256_add_ps(_mm256_permute2f128_ps(s2, s3, 0x20), _mm256_permute2f128_ps(s2, s3, 0x31));
+    t01 = _mm256_add_ps(t01, _mm256_permute_ps(t01, 0x4e)); /* lanes 2,3,0,1 */
+    t23 = _mm256_add_ps(t23, _mm256_permute_ps(t23, 0x4e));
+    t01 = _mm256_add_ps(t01, _mm256_permute_ps(t01, 0xb1)); /* lanes 1,0,3,2 */
+    t23 = _mm256_add_ps(t23, _mm256_permute_ps(t23, 0xb1));
+    float v[16];
+    _mm256_storeu_ps(v, t01);
+    _mm256_storeu_ps(v + 8, t23);
+    out[0] = v[0];
+    out[1] = v[4];
+    out[2] = v[8];
+    out[3] = v[12];
+}
+
+/* Four keys of n (% 32 == 0) elements against q: each key's 32 partials as
+ * in dot_f32, then the tree, the last 8-lane step for the four together. */
+#define DOT4_BODY(LOAD)                                                                            \
+    __m256 a[4][4];                                                                                \
+    for (int r = 0; r < 4; r++)                                                                    \
+        for (int j = 0; j < 4; j++)                                                                \
+            a[r][j] = _mm256_setzero_ps();                                                         \
+    for (int i = 0; i < n; i += 32)                                                                \
+        for (int j = 0; j < 4; j++) {                                                              \
+            __m256 qv = _mm256_loadu_ps(q + i + 8 * j);                                            \
+            for (int r = 0; r < 4; r++)                                                            \
+                a[r][j] = _mm256_add_ps(a[r][j], _mm256_mul_ps(qv, LOAD(r, i + 8 * j)));           \
+        }                                                                                          \
+    __m256 sum[4];                                                                                 \
+    for (int r = 0; r < 4; r++)                                                                    \
+        sum[r] = _mm256_add_ps(_mm256_add_ps(a[r][0], a[r][2]), _mm256_add_ps(a[r][1], a[r][3]));  \
+    reduce8x4(sum[0], sum[1], sum[2], sum[3], out);
+
+static inline void dot4_f16(const float *q, const uint16_t *k, size_t stride, int n, float *out)
+{
+#define LOAD_F16(r, at) load_f16(k + (size_t)(r)*stride + (size_t)(at))
+    DOT4_BODY(LOAD_F16)
+#undef LOAD_F16
+}
+
+static inline void dot4_f32(const float *q, const float *k, size_t stride, int n, float *out)
+{
+#define LOAD_F32(r, at) _mm256_loadu_ps(k + (size_t)(r)*stride + (size_t)(at))
+    DOT4_BODY(LOAD_F32)
+#undef LOAD_F32
+}
+
+/* Four keys at a time (their dependency chains overlap and the last
+ * reduction step is shared); n % 32 == 0 (the usual head sizes), otherwise
+ * one dot per key. */
 static void dot_rows_avx2(int type, const float *q, const void *k, size_t k_stride, int n,
                           int n_rows, float *out)
 {
     int p = 0;
     if (n % 32 == 0) {
-        for (; p + 2 <= n_rows; p += 2) {
-            const void *k0 = row_at(type, k, (size_t)p, k_stride);
-            const void *k1 = row_at(type, k, (size_t)p + 1, k_stride);
-            __m256 a[4], b[4];
-            for (int j = 0; j < 4; j++)
-                a[j] = b[j] = _mm256_setzero_ps();
-            for (int i = 0; i < n; i += 32)
-                for (int j = 0; j < 4; j++) {
-                    __m256 qv = _mm256_loadu_ps(q + i + 8 * j);
-                    size_t at = (size_t)(i + 8 * j);
-                    a[j] = _mm256_add_ps(a[j], _mm256_mul_ps(qv, load_row8(type, k0, at)));
-                    b[j] = _mm256_add_ps(b[j], _mm256_mul_ps(qv, load_row8(type, k1, at)));
-                }
-            out[p] = reduce32(a[0], a[1], a[2], a[3]);
-            out[p + 1] = reduce32(b[0], b[1], b[2], b[3]);
+        for (; p + 4 <= n_rows; p += 4) {
+            if (type == KN_F16)
+                dot4_f16(q, (const uint16_t *)k + (size_t)p * k_stride, k_stride, n, out + p);
+            else
+                dot4_f32(q, (const float *)k + (size_t)p * k_stride, k_stride, n, out + p);
         }
     }
     for (; p < n_rows; p++) {
