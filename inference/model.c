@@ -116,6 +116,31 @@ static int bind_mat(const llm_model *m, const char *name, int n_in, int n_out, k
     return 0;
 }
 
+/* Features that would change the numbers if ignored are refused by name. */
+static int check_unsupported(const llm_model *m, char *err, size_t errlen)
+{
+    const char *type;
+    size_t len;
+    if (gguf_get_str(m->gf, "llama.rope.scaling.type", &type, &len) == 0 &&
+        !(len == 4 && memcmp(type, "none", 4) == 0)) {
+        float factor = 1;
+        bool linear1 =
+            len == 6 && memcmp(type, "linear", 6) == 0 &&
+            (gguf_get_f32(m->gf, "llama.rope.scaling.factor", &factor) < 0 || factor == 1.0f);
+        if (!linear1)
+            return fb_errf(err, errlen, FB_EINVAL,
+                           "model uses RoPE scaling \"%.*s\", which this engine does not "
+                           "implement",
+                           (int)(len > 32 ? 32 : len), type);
+    }
+    uint32_t experts = 0;
+    if (gguf_get_u32(m->gf, "llama.expert_count", &experts) == 0 && experts > 0)
+        return fb_errf(err, errlen, FB_EINVAL,
+                       "model is a mixture of %u experts, which this engine does not implement",
+                       experts);
+    return 0;
+}
+
 static int load_hparams(llm_model *m, char *err, size_t errlen)
 {
     const char *arch;
@@ -172,7 +197,12 @@ static int load_hparams(llm_model *m, char *err, size_t errlen)
          !(hp->rope_base > 1 && hp->rope_base < 1e12f)))
         return fb_errf(err, errlen, FB_ECORRUPT, "llama.rope.freq_base is bad");
     hp->n_vocab = (int)tok_n_vocab(m->tk);
-    return 0;
+    int add_bos = 1;
+    if (gguf_find_kv(m->gf, "tokenizer.ggml.add_bos_token") &&
+        gguf_get_bool(m->gf, "tokenizer.ggml.add_bos_token", &add_bos) < 0)
+        return fb_errf(err, errlen, FB_ECORRUPT, "tokenizer.ggml.add_bos_token is not a bool");
+    hp->add_bos = add_bos != 0;
+    return check_unsupported(m, err, errlen);
 }
 
 static int load_tensors(llm_model *m, char *err, size_t errlen)

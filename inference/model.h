@@ -43,12 +43,15 @@ typedef struct llm_hparams {
     float rope_base;
     int weight_type; /* type of the attention Q weights, as a summary: KN_* */
     bool tied_output;
+    bool add_bos; /* tokenizer.ggml.add_bos_token (default true): prompts start with BOS */
 } llm_hparams;
 
 typedef struct llm_model llm_model;
 
 /* Load and validate: architecture "llama", every hyperparameter, every
- * tensor's presence, type and shape.  A bad file is a clear error. */
+ * tensor's presence, type and shape.  A bad file is a clear error, and so
+ * is a feature this engine does not implement (RoPE scaling other than
+ * none or linear factor 1, mixture-of-experts). */
 int llm_model_load(const char *path, llm_model **out, char *err, size_t errlen);
 void llm_model_free(llm_model *m);
 const llm_hparams *llm_model_hparams(const llm_model *m);

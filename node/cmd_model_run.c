@@ -281,7 +281,7 @@ static int generate(const llm_model *m, llm_ctx *c, const run_opts *o, gen_out *
     if (rc == 0)
         rc = sampler_new(n_vocab, &o->sp, &smp);
     if (rc == 0)
-        rc = tok_encode(tk, o->prompt, plen, true, g->prompt, cap, &n);
+        rc = tok_encode(tk, o->prompt, plen, llm_model_hparams(m)->add_bos, g->prompt, cap, &n);
     if (rc < 0) {
         rc = fb_errf(err, errlen, rc, "cannot prepare the prompt: %s", fb_strerror(rc));
         goto out;

@@ -566,7 +566,8 @@ static int parse_prompt(serve *s, json_t *p, completion_req *r, char *err, size_
         r->prompt = malloc(cap * sizeof *r->prompt);
         if (!r->prompt)
             return fb_errf(err, errlen, FB_ENOMEM, "out of memory");
-        int rc = tok_encode(tk, json_string_value(p), len, true, r->prompt, cap, &n);
+        int rc = tok_encode(tk, json_string_value(p), len, llm_model_hparams(s->model)->add_bos,
+                            r->prompt, cap, &n);
         if (rc < 0)
             return fb_errf(err, errlen, rc, "cannot tokenize the prompt: %s", fb_strerror(rc));
         r->n_prompt = (int)n;
@@ -873,7 +874,8 @@ void serve_infer(serve *s, const char *prompt, int max_tokens, float temperature
         .max_tokens = max_tokens,
         .sp = {.temperature = temperature, .top_k = top_k, .top_p = top_p, .seed = seed}};
     r.prompt = malloc(cap * sizeof *r.prompt);
-    int rc = r.prompt ? tok_encode(llm_model_tok(s->model), prompt, len, true, r.prompt, cap, &n)
+    int rc = r.prompt ? tok_encode(llm_model_tok(s->model), prompt, len,
+                                   llm_model_hparams(s->model)->add_bos, r.prompt, cap, &n)
                       : FB_ENOMEM;
     r.n_prompt = (int)n;
     inflight *f = rc == 0 ? calloc(1, sizeof *f) : NULL;

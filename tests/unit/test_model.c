@@ -5,6 +5,8 @@
  * F32, F16 and Q8_0 weights; bad models and bad batches are clear errors that
  * change nothing; and the sampler's rules. */
 #include "fb_error.h"
+#include "gguf.h"
+#include "gguf_writer.h"
 #include "kernels.h"
 #include "model.h"
 #include "quantize.h"
@@ -364,6 +366,49 @@ static void test_bad_models(void **state)
     llm_model_free(m);
 }
 
+/* A copy of the tiny model with one extra key/value. */
+static void write_with_key(const char *path, const char *key, const char *sval, uint32_t uval)
+{
+    char err[512];
+    gguf_file *f;
+    assert_int_equal(gguf_open(g_f32, &f, err, sizeof err), 0);
+    gguf_w *w;
+    assert_int_equal(gguf_w_new(&w), 0);
+    for (size_t i = 0; i < gguf_n_kv(f); i++)
+        gguf_w_copy_kv(w, gguf_kv_at(f, i));
+    if (sval)
+        gguf_w_add_str(w, key, sval);
+    else
+        gguf_w_add_u32(w, key, uval);
+    for (size_t i = 0; i < gguf_n_tensors(f); i++) {
+        const gguf_tensor *t = gguf_tensor_at(f, i);
+        gguf_w_add_tensor(w, t->name, t->type, t->n_dims, t->ne, t->data, t->nbytes);
+    }
+    if (gguf_w_write(w, path, GGUF_W_OVERWRITE, NULL, err, sizeof err) != 0)
+        fail_msg("write %s: %s", path, err);
+    gguf_w_free(w);
+    gguf_close(f);
+}
+
+/* Features that would silently change the numbers are refused by name. */
+static void test_unsupported_features(void **state)
+{
+    (void)state;
+    char err[512], path[96];
+    llm_model *m = NULL;
+    snprintf(path, sizeof path, "%s/scaled.gguf", g_dir);
+    write_with_key(path, "llama.rope.scaling.type", "yarn", 0);
+    assert_int_equal(llm_model_load(path, &m, err, sizeof err), FB_EINVAL);
+    assert_non_null(strstr(err, "RoPE scaling \"yarn\""));
+    write_with_key(path, "llama.rope.scaling.type", "none", 0);
+    assert_int_equal(llm_model_load(path, &m, err, sizeof err), 0);
+    llm_model_free(m);
+    write_with_key(path, "llama.expert_count", NULL, 8);
+    assert_int_equal(llm_model_load(path, &m, err, sizeof err), FB_EINVAL);
+    assert_non_null(strstr(err, "mixture of 8 experts"));
+    unlink(path);
+}
+
 /* ---- sampler ---- */
 
 static void test_sampler_greedy(void **state)
@@ -438,10 +483,11 @@ static void test_sampler_seeded(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_determinism_f32),  cmocka_unit_test(test_determinism_f16),
-        cmocka_unit_test(test_determinism_q8_0), cmocka_unit_test(test_quantized_close),
-        cmocka_unit_test(test_bad_batches),      cmocka_unit_test(test_bad_models),
-        cmocka_unit_test(test_sampler_greedy),   cmocka_unit_test(test_sampler_seeded),
+        cmocka_unit_test(test_determinism_f32),      cmocka_unit_test(test_determinism_f16),
+        cmocka_unit_test(test_determinism_q8_0),     cmocka_unit_test(test_quantized_close),
+        cmocka_unit_test(test_bad_batches),          cmocka_unit_test(test_bad_models),
+        cmocka_unit_test(test_unsupported_features), cmocka_unit_test(test_sampler_greedy),
+        cmocka_unit_test(test_sampler_seeded),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
