@@ -356,9 +356,11 @@ typedef struct row_info {
  * (scratch i, par clear). */
 typedef struct scratch {
     bool par; /* may hand jobs to the pool */
-    float *x, *xb, *q, *k, *v, *att, *gate, *up, *logit_rows;
-    kn_q8 *xq;     /* quantized activations, max_tokens rows of n_max/32 blocks */
-    float *scores; /* per thread: n_ctx attention scores */
+    float *x, *xb, *q, *k, *v, *att, *gate, *up;
+    float *logit_rows; /* output rows staged before they are copied out */
+    size_t logit_cap;  /* rows logit_rows holds; grown on demand up to max_tokens */
+    kn_q8 *xq;         /* quantized activations, max_tokens rows of n_max/32 blocks */
+    float *scores;     /* per thread: n_ctx attention scores */
     row_info *rows;
 } scratch;
 
@@ -521,7 +523,10 @@ int llm_ctx_new(const llm_model *m, const llm_ctx_params *p, llm_ctx **out, char
         sc->v = malloc(T * n_kv * sizeof(float));
         sc->gate = malloc(T * (size_t)hp->n_ff * sizeof(float));
         sc->up = malloc(T * (size_t)hp->n_ff * sizeof(float));
-        sc->logit_rows = malloc(T * (size_t)hp->n_vocab * sizeof(float));
+        /* Usually one row of logits per sequence is wanted; more (logits_all)
+         * grows the buffer on demand, up to max_tokens rows. */
+        sc->logit_cap = (size_t)c->n_slots < T ? (size_t)c->n_slots : T;
+        sc->logit_rows = malloc(sc->logit_cap * (size_t)hp->n_vocab * sizeof(float));
         sc->xq = malloc(T * c->xq_row * sizeof(kn_q8));
         sc->scores = malloc((size_t)p->n_threads * (size_t)c->n_ctx * sizeof(float));
         sc->rows = malloc(T * sizeof *sc->rows);
@@ -937,12 +942,36 @@ static int check_batch(const llm_ctx *c, const llm_seq *seqs, int n_seqs, int *n
     return 0;
 }
 
+/* Make every scratch's logit buffer hold n rows (before anything changes,
+ * so a failure leaves the context as it was). */
+static int reserve_logits(llm_ctx *c, size_t n, char *err, size_t errlen)
+{
+    size_t V = (size_t)c->m->hp.n_vocab;
+    for (int i = 0; i < c->n_scratch; i++) {
+        scratch *sc = &c->scratch[i];
+        if (sc->logit_cap >= n)
+            continue;
+        float *p = realloc(sc->logit_rows, n * V * sizeof(float));
+        if (!p)
+            return fb_errf(err, errlen, FB_ENOMEM, "out of memory for %zu rows of logits", n);
+        sc->logit_rows = p;
+        sc->logit_cap = n;
+    }
+    return 0;
+}
+
 int llm_decode(llm_ctx *c, const llm_seq *seqs, int n_seqs, char *err, size_t errlen)
 {
     const llm_hparams *hp = &c->m->hp;
     int n_tok = 0;
     int rc = check_batch(c, seqs, n_seqs, &n_tok, err, errlen);
     if (rc < 0)
+        return rc;
+    size_t n_logits = 0;
+    for (int q = 0; q < n_seqs; q++)
+        if (seqs[q].logits)
+            n_logits += seqs[q].logits_all ? (size_t)seqs[q].n_tokens : 1;
+    if ((rc = reserve_logits(c, n_logits, err, errlen)) < 0)
         return rc;
     /* Several sequences: one forward pass per thread over its own share of
      * them, so the threads meet once per step instead of at every matmul
