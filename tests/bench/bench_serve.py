@@ -84,7 +84,7 @@ def main():
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="fedbft-bench-serve-")
     cdir = f"{tmp}/cluster"
-    base = 40000 + random.randrange(500) * 20
+    base = 30200 + random.randrange(12) * 200  # below the ephemeral ports (32768+)
     F = a.fedbft
     try:
         subprocess.run([F, "cluster", "init", "--nodes", "4", "--dir", cdir, "--base-port",

@@ -23,7 +23,9 @@ cleanup() {
 trap cleanup EXIT
 . "$(dirname "$0")/lib.sh"
 
-base=$((20000 + (RANDOM % 1000) * 20))
+# Below the ephemeral range (32768+, where outgoing connections take ports)
+# and above the 10000..30183 the other cluster tests draw from.
+base=$((30200 + (RANDOM % 12) * 200))
 "$FEDBFT" cluster init --nodes 4 --dir "$dir" --base-port "$base" --durability os > "$tmp/init.out" 2>&1
 check "cluster init synthesizes the model" test -s "$dir/model.gguf"
 check "nodes are configured to serve it" grep -q '"model": *"../model.gguf"' "$dir/node0/node.json"
