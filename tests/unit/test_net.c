@@ -742,7 +742,10 @@ static void test_handshake_timeout(void **state)
     uint64_t t0 = uv_now(&w->loop);
     AWAIT(w, s->ended);
     assert_true(uv_now(&w->loop) - t0 >= 4000);
-    assert_int_equal(stats_of(&w->rep[0]).handshakes_failed, 1);
+    /* At least the silent socket.  Replica 0 also dials its peers' ports,
+     * picked free but released; under a parallel ctest another test may bind
+     * one of them meanwhile, and that dial fails its handshake too. */
+    assert_true(stats_of(&w->rep[0]).handshakes_failed >= 1);
 }
 
 static void send_seq(node *x, uint32_t to, uint8_t seq, size_t len)
