@@ -115,8 +115,7 @@ static int dup_name(cursor *c, const uint8_t *s, uint64_t len, const char *what,
     return 0;
 }
 
-/* Size of a fixed-size value type, 0 for STRING/ARRAY, -1 if unknown. */
-static int type_size(uint32_t t)
+int gguf_type_size(uint32_t t)
 {
     switch (t) {
     case GGUF_TYPE_UINT8:
@@ -223,10 +222,10 @@ static int skip_scalar(cursor *c, uint32_t t, const char *key)
         uint64_t len;
         return rd_str(c, &s, &len, what);
     }
-    int rc = need(c, (uint64_t)type_size(t), what);
+    int rc = need(c, (uint64_t)gguf_type_size(t), what);
     if (rc)
         return rc;
-    c->pos += (uint64_t)type_size(t);
+    c->pos += (uint64_t)gguf_type_size(t);
     return 0;
 }
 
@@ -242,7 +241,7 @@ static int parse_array(cursor *c, gguf_kv *kv)
     if (et == GGUF_TYPE_ARRAY)
         return fb_errf(c->err, c->errlen, FB_ECORRUPT,
                        "%s: key '%s': nested arrays are not supported", c->name, kv->key);
-    int es = type_size(et);
+    int es = gguf_type_size(et);
     if (es < 0)
         return fb_errf(c->err, c->errlen, FB_ECORRUPT,
                        "%s: key '%s': array element type %u is unknown", c->name, kv->key, et);
@@ -298,7 +297,7 @@ static int parse_kvs(cursor *c, gguf_file *f)
         snprintf(what, sizeof what, "the value type of key/value pair %zu", i);
         if ((rc = rd_u32(c, &kv->type, what)))
             return rc;
-        if (type_size(kv->type) < 0)
+        if (gguf_type_size(kv->type) < 0)
             return fb_errf(c->err, c->errlen, FB_ECORRUPT, "%s: key '%s': value type %u is unknown",
                            c->name, kv->key, kv->type);
         if (kv->type == GGUF_TYPE_ARRAY)
@@ -627,7 +626,7 @@ static int read_num(uint32_t t, const uint8_t *p, num *n)
     case GGUF_TYPE_UINT32:
     case GGUF_TYPE_UINT64:
         n->is_int = 1;
-        n->u = le(p, type_size(t));
+        n->u = le(p, gguf_type_size(t));
         n->d = (double)n->u;
         return 0;
     case GGUF_TYPE_INT8:
@@ -805,9 +804,9 @@ int gguf_arr_str(const gguf_kv *kv, uint64_t i, const char **s, size_t *len)
 
 static int arr_num(const gguf_kv *kv, uint64_t i, num *n)
 {
-    if (kv->type != GGUF_TYPE_ARRAY || i >= kv->arr_n || type_size(kv->arr_type) <= 0)
+    if (kv->type != GGUF_TYPE_ARRAY || i >= kv->arr_n || gguf_type_size(kv->arr_type) <= 0)
         return FB_EINVAL;
-    return read_num(kv->arr_type, kv->val + i * (uint64_t)type_size(kv->arr_type), n);
+    return read_num(kv->arr_type, kv->val + i * (uint64_t)gguf_type_size(kv->arr_type), n);
 }
 
 int gguf_arr_f64(const gguf_kv *kv, uint64_t i, double *out)

@@ -113,6 +113,10 @@ size_t gguf_n_tensors(const gguf_file *f);
 const gguf_tensor *gguf_tensor_at(const gguf_file *f, size_t i);
 const gguf_tensor *gguf_find_tensor(const gguf_file *f, const char *name); /* NULL if absent */
 
+/* Bytes of one value of a fixed-size GGUF_TYPE_*; 0 for STRING and ARRAY,
+ * -1 for an unknown type. */
+int gguf_type_size(uint32_t type);
+
 /* Names for messages: "uint32", "F16", ...; never NULL. */
 const char *gguf_type_name(uint32_t type);
 const char *gguf_tensor_type_name(uint32_t type);

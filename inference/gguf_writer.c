@@ -124,33 +124,6 @@ static int put_str(wbuf *b, const char *s, size_t len)
     return rc ? rc : put(b, s, len);
 }
 
-/* Size of a fixed-size value type, 0 for STRING/ARRAY, -1 if unknown. */
-static int value_size(uint32_t t)
-{
-    switch (t) {
-    case GGUF_TYPE_UINT8:
-    case GGUF_TYPE_INT8:
-    case GGUF_TYPE_BOOL:
-        return 1;
-    case GGUF_TYPE_UINT16:
-    case GGUF_TYPE_INT16:
-        return 2;
-    case GGUF_TYPE_UINT32:
-    case GGUF_TYPE_INT32:
-    case GGUF_TYPE_FLOAT32:
-        return 4;
-    case GGUF_TYPE_UINT64:
-    case GGUF_TYPE_INT64:
-    case GGUF_TYPE_FLOAT64:
-        return 8;
-    case GGUF_TYPE_STRING:
-    case GGUF_TYPE_ARRAY:
-        return 0;
-    default:
-        return -1;
-    }
-}
-
 /* ---- key/values ---- */
 
 /* Check the key and start its entry (key string and type); the caller
@@ -209,7 +182,7 @@ static int add_scalar(gguf_w *w, const char *key, uint32_t type, const void *le_
     int rc = kv_begin(w, key, type, &mark);
     if (rc)
         return rc;
-    return kv_end(w, key, mark, put(&w->kv, le_bytes, (size_t)value_size(type)));
+    return kv_end(w, key, mark, put(&w->kv, le_bytes, (size_t)gguf_type_size(type)));
 }
 
 int gguf_w_add_str(gguf_w *w, const char *key, const char *s)
@@ -323,7 +296,7 @@ int gguf_w_copy_kv(gguf_w *w, const gguf_kv *kv)
         return gguf_w_add_u32(w, kv->key, v);
     }
     if (kv->type != GGUF_TYPE_ARRAY) {
-        if (value_size(kv->type) <= 0)
+        if (gguf_type_size(kv->type) <= 0)
             return fail(w, FB_EINVAL, "gguf writer: key '%s' has unknown type %u", kv->key,
                         kv->type);
         /* the reader's value bytes are little-endian already */
@@ -342,7 +315,7 @@ int gguf_w_copy_kv(gguf_w *w, const gguf_kv *kv)
                 rc = put_str(&w->kv, s, len);
         }
     } else {
-        int es = value_size(kv->arr_type);
+        int es = gguf_type_size(kv->arr_type);
         if (es <= 0)
             rc = FB_EINVAL;
         else if (kv->arr_n > SIZE_MAX / (size_t)es)

@@ -439,3 +439,10 @@ json_t *fb_metrics_json(fb_metrics *m)
     }
     return root;
 }
+
+void fb_metric_sync(fb_metric *c, uint64_t now, uint64_t *last)
+{
+    if (now > *last)
+        fb_metric_add(c, now - *last);
+    *last = now;
+}

@@ -44,6 +44,8 @@ fb_metric *fb_metrics_histogram(fb_metrics *m, const char *name, const char *hel
 void fb_metric_add(fb_metric *c, uint64_t n);   /* counters */
 void fb_metric_set(fb_metric *g, double v);     /* gauges */
 void fb_metric_observe(fb_metric *h, double v); /* histograms */
+/* A counter kept elsewhere: advance c by how much `now` grew since *last. */
+void fb_metric_sync(fb_metric *c, uint64_t now, uint64_t *last);
 
 /* The whole registry in the Prometheus text exposition format 0.0.4
  * (malloc'd; caller frees). */

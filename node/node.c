@@ -1441,34 +1441,26 @@ static void register_metrics(fb_node *n)
                         g_verify_queue, n);
 }
 
-/* Counters kept elsewhere (replica, cache, transport) advance by their delta. */
-static void sync_counter(fb_metric *c, uint64_t now, uint64_t *last)
-{
-    if (now > *last)
-        fb_metric_add(c, now - *last);
-    *last = now;
-}
-
 static void sync_metrics(fb_node *n)
 {
     pbft_status st;
     pbft_get_status(n->replica, &st);
-    sync_counter(n->m.digests[0], st.digests.requests, &n->m.last_digests[0]);
-    sync_counter(n->m.digests[1], st.digests.batches, &n->m.last_digests[1]);
-    sync_counter(n->m.digests[2], st.digests.envelopes, &n->m.last_digests[2]);
-    sync_counter(n->m.view_changes, st.view_changes, &n->m.last_view_changes);
+    fb_metric_sync(n->m.digests[0], st.digests.requests, &n->m.last_digests[0]);
+    fb_metric_sync(n->m.digests[1], st.digests.batches, &n->m.last_digests[1]);
+    fb_metric_sync(n->m.digests[2], st.digests.envelopes, &n->m.last_digests[2]);
+    fb_metric_sync(n->m.view_changes, st.view_changes, &n->m.last_view_changes);
     fb_sigcache_stats cs;
     fb_sigcache_get_stats(n->sigcache, &cs);
-    sync_counter(n->m.sig_hits, cs.hits, &n->m.last_hits);
-    sync_counter(n->m.sig_misses, cs.misses, &n->m.last_misses);
+    fb_metric_sync(n->m.sig_hits, cs.hits, &n->m.last_hits);
+    fb_metric_sync(n->m.sig_misses, cs.misses, &n->m.last_misses);
     net_stats ns;
     net_get_stats(n->net, &ns);
     uint64_t rej[4] = {ns.garbage, ns.oversized, ns.unknown_keys, ns.handshakes_failed};
     for (int i = 0; i < 4; i++)
-        sync_counter(n->m.rejected[i], rej[i], &n->m.last_rejected[i]);
+        fb_metric_sync(n->m.rejected[i], rej[i], &n->m.last_rejected[i]);
     uint64_t drop[3] = {n->dropped_parse, n->dropped_cheap, n->dropped_sig};
     for (int i = 0; i < 3; i++)
-        sync_counter(n->m.dropped[i], drop[i], &n->m.last_dropped[i]);
+        fb_metric_sync(n->m.dropped[i], drop[i], &n->m.last_dropped[i]);
     if (n->serve)
         serve_sync_metrics(n->serve);
 }

@@ -11,9 +11,9 @@
 #include "fb_error.h"
 
 #include <math.h>
+#include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
 #include <xxhash.h>
 
@@ -44,15 +44,14 @@ struct ratelimit {
     uint64_t allowed, limited, evictions, evictions_early;
 };
 
-static uint64_t random_seed(const void *salt)
+/* A random hash seed (libsodium's CSPRNG; sodium_init is idempotent), so
+ * clients cannot aim their keys at one chain. */
+static uint64_t random_seed(void)
 {
     uint64_t s = 0;
-    if (getrandom(&s, sizeof s, GRND_NONBLOCK) == (ssize_t)sizeof s)
-        return s;
-    /* No entropy yet (early boot): a weaker seed still beats a fixed one. */
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)(uintptr_t)salt ^ ((uint64_t)ts.tv_sec << 32) ^ (uint64_t)ts.tv_nsec;
+    if (sodium_init() >= 0)
+        randombytes_buf(&s, sizeof s);
+    return s;
 }
 
 int ratelimit_new(double rate_per_s, double burst, size_t max_clients, ratelimit **out)
@@ -85,7 +84,7 @@ int ratelimit_new(double rate_per_s, double burst, size_t max_clients, ratelimit
         return FB_ENOMEM;
     }
     memset(rl->buckets, 0xff, rl->nbuckets * sizeof *rl->buckets);
-    rl->seed = random_seed(rl);
+    rl->seed = random_seed();
     *out = rl;
     return 0;
 }

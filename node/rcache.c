@@ -13,9 +13,9 @@
 
 #include "fb_error.h"
 
+#include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
 
 #define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack: no allocation per key */
@@ -194,15 +194,14 @@ void rcache_config_default(rcache_config *cfg)
     cfg->max_waiters_per_key = RCACHE_DEFAULT_MAX_WAITERS;
 }
 
-static uint64_t random_seed(const void *salt)
+/* A random hash seed (libsodium's CSPRNG; sodium_init is idempotent), so
+ * clients cannot aim their keys at one chain. */
+static uint64_t random_seed(void)
 {
     uint64_t s = 0;
-    if (getrandom(&s, sizeof s, GRND_NONBLOCK) == (ssize_t)sizeof s)
-        return s;
-    /* No entropy yet (early boot): a weaker seed still beats a fixed one. */
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)(uintptr_t)salt ^ ((uint64_t)ts.tv_sec << 32) ^ (uint64_t)ts.tv_nsec;
+    if (sodium_init() >= 0)
+        randombytes_buf(&s, sizeof s);
+    return s;
 }
 
 int rcache_new(const rcache_config *cfg, rcache **out)
@@ -219,7 +218,7 @@ int rcache_new(const rcache_config *cfg, rcache **out)
     if (!c)
         return FB_ENOMEM;
     c->cfg = *cfg;
-    c->seed = random_seed(c);
+    c->seed = random_seed();
     c->nebuckets = pow2_at_least(cfg->max_entries);
     c->nfbuckets = pow2_at_least(cfg->max_inflight);
     c->ebuckets = calloc(c->nebuckets, sizeof *c->ebuckets);
