@@ -364,18 +364,18 @@ static inline void reduce8x4(__m256 s0, __m256 s1, __m256 s2, __m256 s3, float *
  * in dot_f32, then the tree, the last 8-lane step for the four together. */
 #define DOT4_BODY(LOAD)                                                                            \
     __m256 a[4][4];                                                                                \
-    for (int r = 0; r < 4; r++)                                                                    \
-        for (int j = 0; j < 4; j++)                                                                \
-            a[r][j] = _mm256_setzero_ps();                                                         \
+    _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++)                                            \
+        _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) a[r][j] = _mm256_setzero_ps();         \
     for (int i = 0; i < n; i += 32)                                                                \
-        for (int j = 0; j < 4; j++) {                                                              \
+        _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++)                                        \
+        {                                                                                          \
             __m256 qv = _mm256_loadu_ps(q + i + 8 * j);                                            \
-            for (int r = 0; r < 4; r++)                                                            \
-                a[r][j] = _mm256_add_ps(a[r][j], _mm256_mul_ps(qv, LOAD(r, i + 8 * j)));           \
+            _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) a[r][j] =                          \
+                _mm256_add_ps(a[r][j], _mm256_mul_ps(qv, LOAD(r, i + 8 * j)));                     \
         }                                                                                          \
     __m256 sum[4];                                                                                 \
-    for (int r = 0; r < 4; r++)                                                                    \
-        sum[r] = _mm256_add_ps(_mm256_add_ps(a[r][0], a[r][2]), _mm256_add_ps(a[r][1], a[r][3]));  \
+    _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) sum[r] =                                   \
+        _mm256_add_ps(_mm256_add_ps(a[r][0], a[r][2]), _mm256_add_ps(a[r][1], a[r][3]));           \
     reduce8x4(sum[0], sum[1], sum[2], sum[3], out);
 
 static inline void dot4_f16(const float *q, const uint16_t *k, size_t stride, int n, float *out)
@@ -429,7 +429,25 @@ static void axpy_rows_avx2(int type, int n, const float *a, const void *x, size_
         }
         return;
     }
-    for (int i = 0; i < n; i += 64) {
+    int i = 0;
+    for (; i + 64 <= n; i += 64) { /* constant width: the sums stay in registers */
+        __m256 acc[8];
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++)
+            acc[j] = _mm256_loadu_ps(y + i + 8 * j);
+        for (int p = 0; p < n_rows; p++) {
+            __m256 va = _mm256_set1_ps(a[p]);
+            const void *xp = row_at(type, x, (size_t)p, x_stride);
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++)
+                acc[j] = _mm256_add_ps(acc[j],
+                                       _mm256_mul_ps(va, load_row8(type, xp, (size_t)(i + 8 * j))));
+        }
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++)
+            _mm256_storeu_ps(y + i + 8 * j, acc[j]);
+    }
+    for (; i < n; i += 64) {
         int m = (n - i < 64 ? n - i : 64) / 8;
         __m256 acc[8];
         for (int j = 0; j < m; j++)

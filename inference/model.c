@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <xxhash.h>
 
 #define ROW_ALIGN 8       /* rows per task come in multiples of this (kernel tiles) */
@@ -32,9 +33,28 @@ struct llm_model {
     uint8_t digest[16];
     uint64_t file_bytes;
     char name[128];
+    void *arena; /* the matrices in the order a step streams them (see copy_weights) */
+    size_t arena_bytes;
 };
 
 /* ---- loading ---- */
+
+#define HUGE_PAGE ((size_t)2 << 20)
+
+/* Memory for data that every decode step streams (weights, KV cache), in
+ * 2 MiB-aligned blocks the kernel may back with transparent huge pages
+ * (THP "madvise" mode is Debian's default).  With 4 KiB pages a step over
+ * 30 MB of weights and the KV cache misses the TLB on nearly every page;
+ * huge pages measured 7-19% faster decoding of 8 sequences on one thread.  Where THP is
+ * off, madvise fails harmlessly and this is an aligned malloc. */
+static void *huge_alloc(size_t n)
+{
+    size_t len = (n + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
+    void *p = aligned_alloc(HUGE_PAGE, len ? len : HUGE_PAGE);
+    if (p)
+        (void)madvise(p, len, MADV_HUGEPAGE);
+    return p;
+}
 
 static int get_dim(const gguf_file *f, const char *key, int min, int max, int *out, char *err,
                    size_t errlen)
@@ -247,6 +267,64 @@ static int load_tensors(llm_model *m, char *err, size_t errlen)
     return 0;
 }
 
+/* The matrices a decode step streams, in the order it streams them. */
+static int stream_weights(llm_model *m, kn_weight **out, int cap)
+{
+    int n = 0;
+    for (int l = 0; l < m->hp.n_layer; l++) {
+        layer_w *L = &m->layers[l];
+        kn_weight *w[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down};
+        for (size_t i = 0; i < sizeof w / sizeof *w && n < cap; i++)
+            out[n++] = w[i];
+    }
+    if (n < cap)
+        out[n++] = &m->output;
+    return n;
+}
+
+static size_t weight_bytes(const kn_weight *w)
+{
+    return (size_t)w->n_out * w->row_bytes;
+}
+
+/* Copy the streamed matrices out of the file mapping into one huge-page
+ * arena, in stream order and 64-byte aligned each, then drop the mapping's
+ * copy of those pages so they are not counted twice (a private read-only
+ * mapping refaults from the file if they are ever touched again). */
+static int copy_weights(llm_model *m, char *err, size_t errlen)
+{
+    int cap = 7 * m->hp.n_layer + 1;
+    kn_weight **ws = malloc((size_t)cap * sizeof *ws);
+    if (!ws)
+        return fb_errf(err, errlen, FB_ENOMEM, "out of memory");
+    int n = stream_weights(m, ws, cap);
+    size_t total = 0;
+    for (int i = 0; i < n; i++)
+        total += (weight_bytes(ws[i]) + 63) / 64 * 64;
+    m->arena = huge_alloc(total);
+    m->arena_bytes = total;
+    if (!m->arena) {
+        free(ws);
+        return fb_errf(err, errlen, FB_ENOMEM, "out of memory for %zu bytes of weights", total);
+    }
+    char *at = m->arena;
+    bool tied = m->hp.tied_output;
+    for (int i = 0; i < n; i++) {
+        size_t len = weight_bytes(ws[i]);
+        memcpy(at, ws[i]->data, len);
+        uintptr_t lo = ((uintptr_t)ws[i]->data + 4095) & ~(uintptr_t)4095;
+        uintptr_t hi = ((uintptr_t)ws[i]->data + len) & ~(uintptr_t)4095;
+        if (hi > lo)
+            (void)madvise((void *)lo, hi - lo, MADV_DONTNEED);
+        ws[i]->data = at;
+        at += (weight_bytes(ws[i]) + 63) / 64 * 64;
+    }
+    if (tied) /* the embedding rows are the output rows */
+        m->tok_embd.data = m->output.data;
+    free(ws);
+    return 0;
+}
+
 static int hash_file(llm_model *m, const char *path, char *err, size_t errlen)
 {
     return llm_file_digest(path, m->digest, &m->file_bytes, err, errlen);
@@ -294,6 +372,8 @@ int llm_model_load(const char *path, llm_model **out, char *err, size_t errlen)
     if (rc == 0)
         rc = load_tensors(m, err, errlen);
     if (rc == 0)
+        rc = copy_weights(m, err, errlen);
+    if (rc == 0)
         rc = hash_file(m, path, err, errlen);
     if (rc < 0) {
         llm_model_free(m);
@@ -316,6 +396,7 @@ void llm_model_free(llm_model *m)
     if (!m)
         return;
     free(m->layers);
+    free(m->arena);
     tok_free(m->tk);
     gguf_close(m->gf);
     free(m);
@@ -400,16 +481,6 @@ struct llm_ctx {
     scratch *scratch;
 };
 
-static uint64_t touch(const kn_weight *w)
-{
-    const unsigned char *p = w->data;
-    size_t n = (size_t)w->n_out * w->row_bytes;
-    uint64_t s = 0;
-    for (size_t i = 0; i < n; i += 64)
-        s += p[i];
-    return s;
-}
-
 static void *prefetch_main(void *arg)
 {
     prefetcher *pf = arg;
@@ -423,14 +494,12 @@ static void *prefetch_main(void *arg)
         pthread_mutex_unlock(&pf->mu);
         if (stop)
             return NULL;
-        const llm_model *m = pf->m;
+        /* the arena holds the weights in the order the step reads them */
+        const unsigned char *p = pf->m->arena;
         uint64_t s = 0;
-        for (int l = 0; l < m->hp.n_layer; l++) {
-            const layer_w *L = &m->layers[l];
-            s += touch(&L->wq) + touch(&L->wk) + touch(&L->wv) + touch(&L->wo);
-            s += touch(&L->gate) + touch(&L->up) + touch(&L->down);
-        }
-        pf->sink = s + touch(&m->output);
+        for (size_t i = 0; i < pf->m->arena_bytes; i += 64)
+            s += p[i];
+        pf->sink = s;
     }
 }
 
@@ -508,8 +577,8 @@ int llm_ctx_new(const llm_model *m, const llm_ctx_params *p, llm_ctx **out, char
     if (rc == 0 && p->n_threads > 1 && !p->no_prefetch)
         rc = prefetch_start(&c->pf, m);
     c->slot_pos = calloc((size_t)c->n_slots, sizeof *c->slot_pos);
-    c->k_cache = malloc(c->kv_slot_stride * (size_t)c->n_slots * c->kv_elem);
-    c->v_cache = malloc(c->kv_slot_stride * (size_t)c->n_slots * c->kv_elem);
+    c->k_cache = huge_alloc(c->kv_slot_stride * (size_t)c->n_slots * c->kv_elem);
+    c->v_cache = huge_alloc(c->kv_slot_stride * (size_t)c->n_slots * c->kv_elem);
     c->n_scratch = p->n_threads;
     c->scratch = calloc((size_t)c->n_scratch, sizeof *c->scratch);
     bool ok = rc == 0 && c->slot_pos && c->k_cache && c->v_cache && c->scratch;
