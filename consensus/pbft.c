@@ -1811,7 +1811,7 @@ static pbft_msg *find_request(void *arg, uint32_t client, uint64_t timestamp, co
 
 pbft_req_lookup pbft_request_lookup(pbft_replica *r)
 {
-    return (pbft_req_lookup){find_request, r};
+    return (pbft_req_lookup){r->cfg.no_digest_reuse ? NULL : find_request, r};
 }
 
 int pbft_parse(pbft_replica *r, const uint8_t *raw, size_t len, pbft_msg **out, char *err,

@@ -77,6 +77,11 @@ typedef struct pbft_config {
     uint32_t view_change_max_backoff; /* at most 2^this times the base (default 4) */
     uint64_t retransmit_ms;           /* resend own uncommitted votes this often (default 500) */
     pbft_signer signer;               /* signs with this replica's identity key */
+    bool no_digest_reuse;             /* benchmark ablation: a request relayed again (in a
+                                         PRE-PREPARE, a proof, a retransmission) is digested
+                                         again instead of reusing the digest computed when it
+                                         arrived (default false: reuse).  Within one NEW-VIEW,
+                                         O's requests still reuse its certificates' */
 } pbft_config;
 
 /* Fill defaults for zero fields and check the rest.  FB_EINVAL with a reason. */
@@ -203,7 +208,8 @@ int pbft_client_table_export(const pbft_replica *r, uint8_t **out, size_t *len);
 void pbft_state_digest(const uint8_t app_digest[FB_DIGEST_LEN], const uint8_t *client_table,
                        size_t len, uint8_t out[FB_DIGEST_LEN]);
 
-/* A request the replica already knows (for pbft_msg_parse's lookup). */
+/* A request the replica already knows (for pbft_msg_parse's lookup); a
+ * lookup that finds nothing when cfg.no_digest_reuse is set. */
 pbft_req_lookup pbft_request_lookup(pbft_replica *r);
 
 /* pbft_msg_parse with this replica's request lookup and digest counters: how

@@ -23,6 +23,7 @@ static const cli_command commands[] = {
     {"run", "run a node in the foreground (fedbft run --config node.json)", cmd_run, cmd_run_usage},
     {"client", "put/get/del/cas and infer against a cluster, or a write load", cmd_client,
      cmd_client_usage},
+    {"bench", "consensus benchmark against a local or running cluster", cmd_bench, cmd_bench_usage},
     {"ctl", "send a command to a node's admin socket", cmd_ctl, cmd_ctl_usage},
     {"inspect", "show what a stopped node's store holds", cmd_inspect, cmd_inspect_usage},
     {"model", "GGUF models: info, synth, quantize, run (local generation)", cmd_model,

@@ -30,6 +30,8 @@ int cmd_client_infer(const struct cfg_cluster *cl, const char *keyfile, uint64_t
 void cmd_client_usage(FILE *out);
 int cmd_inspect(int argc, char **argv);
 void cmd_inspect_usage(FILE *out);
+int cmd_bench(int argc, char **argv); /* cmd_bench.c and bench_*.c */
+void cmd_bench_usage(FILE *out);
 int cmd_ctl(int argc, char **argv);
 void cmd_ctl_usage(FILE *out);
 int cmd_run(int argc, char **argv);

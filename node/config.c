@@ -610,6 +610,9 @@ static const char *const node_fields[] = {"id",
                                           "http_port",
                                           "log_file",
                                           "inference",
+                                          "verify",
+                                          "sig_cache",
+                                          "digest_cache",
                                           NULL};
 
 static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
@@ -683,6 +686,9 @@ void cfg_node_defaults(cfg_node *n)
     n->max_frame = 4194304;
     n->send_queue_bytes = 16777216;
     snprintf(n->log_level, sizeof n->log_level, "info");
+    n->verify = CFG_VERIFY_BATCH;
+    n->sig_cache = true;
+    n->digest_cache = true;
     cfg_inference *in = &n->inference;
     in->threads = 2;
     in->nice = 5;
@@ -704,6 +710,38 @@ void cfg_node_defaults(cfg_node *n)
 static const char *durability_name(cfg_durability d)
 {
     return d == CFG_DURABILITY_OS ? "os" : "fsync";
+}
+
+static const char *verify_name(cfg_verify v)
+{
+    return v == CFG_VERIFY_INLINE ? "inline" : "batch";
+}
+
+/* The benchmark switches (config.h): each turns one mechanism off. */
+static int parse_switches(const pctx *p, json_t *root, cfg_node *n)
+{
+    char mode[16] = "";
+    int rc = get_string(p, root, "", "verify", false, false, mode, sizeof mode,
+                        "\"batch\" or \"inline\"");
+    if (!rc && *mode) {
+        if (strcmp(mode, "batch") == 0)
+            n->verify = CFG_VERIFY_BATCH;
+        else if (strcmp(mode, "inline") == 0)
+            n->verify = CFG_VERIFY_INLINE;
+        else
+            return fail(p, "verify",
+                        "\"%s\" is not a verification mode; use \"batch\" (signatures checked "
+                        "in parallel on worker threads, the default) or \"inline\" (one by one on "
+                        "the event loop, for benchmarks)",
+                        mode);
+    }
+    if (!rc)
+        rc = get_bool(p, root, "sig_cache", &n->sig_cache,
+                      "true (default) remembers verified signatures; false checks every one");
+    if (!rc)
+        rc = get_bool(p, root, "digest_cache", &n->digest_cache,
+                      "true (default) reuses a known request's digest; false recomputes it");
+    return rc;
 }
 
 static int parse_enums(const pctx *p, json_t *root, cfg_node *n)
@@ -824,6 +862,8 @@ static int parse_node(const pctx *p, json_t *root, cfg_node *n)
         rc = get_uint(p, root, "", "http_port", false, 0, 65535,
                       "a TCP port, or 0 for no HTTP server", &http_port);
     n->http_port = (uint16_t)http_port;
+    if (!rc)
+        rc = parse_switches(p, root, n);
     if (!rc)
         rc = parse_inference(p, root, &n->inference);
     if (!rc)
@@ -1105,6 +1145,9 @@ static json_t *node_to_json(const cfg_node *n)
     json_object_set_new(o, "log_level", json_string(n->log_level));
     json_object_set_new(o, "fault_injection", json_boolean(n->fault_injection));
     json_object_set_new(o, "http_port", json_integer(n->http_port));
+    json_object_set_new(o, "verify", json_string(verify_name(n->verify)));
+    json_object_set_new(o, "sig_cache", json_boolean(n->sig_cache));
+    json_object_set_new(o, "digest_cache", json_boolean(n->digest_cache));
     json_t *in = json_object();
     json_object_set_new(in, "model", json_string(n->inference.model));
     json_object_set_new(in, "sched_idle", json_boolean(n->inference.sched_idle));

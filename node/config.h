@@ -25,9 +25,18 @@
  *     "log_file": "node.log",           optional: append the log here instead of stderr
  *     "fault_injection": false,         true: the admin socket's `fault` command may
  *                                       drop or delay replica links (test clusters)
- *     "http_port": 0 }                  0 = no HTTP server; else its port on listen
+ *     "http_port": 0,                   0 = no HTTP server; else its port on listen
+ *     "verify": "batch",                "batch": signatures checked on worker threads off
+ *                                       the event loop; "inline": one by one on the loop
+ *     "sig_cache": true,                false: no verified-signature cache (every
+ *                                       signature checked, relayed ones included)
+ *     "digest_cache": true }            false: a relayed request's digest is recomputed
+ *                                       instead of reused
  *   Relative paths are relative to the directory of node.json.  All knobs but
  *   id, cluster, key and data_dir are optional with the defaults shown.
+ *   verify, sig_cache and digest_cache exist for benchmark ablations: each
+ *   switches one mechanism off to measure what it buys; the defaults are what
+ *   a production node runs.
  *
  * Thread-safety: reentrant; results are plain data owned by the caller.
  */
@@ -67,6 +76,9 @@ typedef struct cfg_cluster {
 } cfg_cluster;
 
 typedef enum cfg_durability { CFG_DURABILITY_FSYNC = 1, CFG_DURABILITY_OS = 2 } cfg_durability;
+
+/* node.json "verify": where incoming signatures are checked (0 is the default). */
+typedef enum cfg_verify { CFG_VERIFY_BATCH = 0, CFG_VERIFY_INLINE = 1 } cfg_verify;
 
 /* node.json "inference": the local model and how it is served.  An empty
  * model means the node serves no inference. */
@@ -108,6 +120,9 @@ typedef struct cfg_node {
     char log_file[CFG_PATH_MAX]; /* "" = stderr; else appended to (resolved) */
     bool fault_injection;        /* admin `fault` allowed (test clusters only) */
     uint16_t http_port;          /* 0 = no HTTP server */
+    cfg_verify verify;           /* batch (worker pool) or inline (loop thread) */
+    bool sig_cache;              /* verified-signature cache (default true) */
+    bool digest_cache;           /* reuse a known request's digest (default true) */
     cfg_inference inference;
 } cfg_node;
 

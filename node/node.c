@@ -1,5 +1,19 @@
 /* node.c - the daemon: replica + transport + store + verification pipeline.
- * See node.h for the flow of messages and actions. */
+ * See node.h for the flow of messages and actions.
+ *
+ * Benchmark switches (node.json, config.h; defaults are the production path).
+ * Each turns one mechanism off so a benchmark can measure what it buys:
+ *  - "verify": "inline" turns off the batch verifier: no worker threads are
+ *    started; at the end of each loop turn the loop thread checks the turn's
+ *    signatures one by one (fb_sig_verify) and steps the messages exactly as
+ *    the batch path's completion does (on_verified), in the same order.
+ *  - "sig_cache": false turns off the verified-signature cache: every
+ *    signature is checked, including a request's again when a PRE-PREPARE
+ *    relays it and the ones nested in VIEW-CHANGE/NEW-VIEW proofs.
+ *  - "digest_cache": false turns off digest reuse (pbft_config.no_digest_reuse):
+ *    a request relayed in a PRE-PREPARE, a proof or a retransmission is
+ *    digested again instead of being recognised by its bytes, and the
+ *    replica's digest counters count each recomputation. */
 #include "node.h"
 
 #include "admin.h"
@@ -48,6 +62,7 @@ typedef struct in_msg {
 /* One verification job: everything that arrived in one loop turn. */
 typedef struct vjob {
     fb_node *node;
+    struct vjob *next; /* verify="inline": jobs waiting for the end of the turn */
     in_msg *msgs;
     uint32_t nmsgs, msgs_cap;
     pbft_sigref *sigs;
@@ -114,10 +129,10 @@ struct fb_node {
     fb_metrics *metrics;
     struct {
         fb_metric *requests, *latency, *phase[OPS_NPHASES], *batch_size, *verify_batch,
-            *store_commit, *digests[3], *sig_hits, *sig_misses, *rejected[4], *dropped[3],
-            *view_changes;
-        uint64_t last_digests[3], last_hits, last_misses, last_rejected[4], last_dropped[3],
-            last_view_changes;
+            *store_commit, *digests[3], *sig_hits, *sig_misses, *sig_verified, *rejected[4],
+            *dropped[3], *view_changes;
+        uint64_t last_digests[3], last_hits, last_misses, last_verified, last_rejected[4],
+            last_dropped[3], last_view_changes;
     } m;
     pbft_msg **recent_pp; /* [log_window] newest PRE-PREPARE per seq, for ops */
 
@@ -129,7 +144,11 @@ struct fb_node {
     void (*stop_cb)(void *);
     void *stop_arg;
 
-    vjob *job; /* filling this turn */
+    vjob *job;                       /* filling this turn */
+    vjob *inline_head, *inline_tail; /* verify="inline": full jobs of this turn */
+    uint8_t *inline_ok;              /* verify="inline": results of one job */
+    uint32_t inline_ok_cap;
+    uint64_t inline_verified; /* verify="inline": signatures checked */
 
     sbatch *open; /* filling this turn */
     sbatch *inflight_head, *inflight_tail;
@@ -723,6 +742,49 @@ static void on_verified(void *arg, const uint8_t *ok, size_t nitems)
     job_free(j);
 }
 
+/* verify="inline": check a job's signatures on the loop thread, one by one,
+ * with the batch verifier's cache rules (look every triple up first, remember
+ * the ones that verified once the job is done), so that the two modes check
+ * the same signatures and differ only in where the work runs. */
+static void verify_inline(fb_node *n, vjob *j)
+{
+    if (j->nsigs > n->inline_ok_cap) {
+        uint8_t *ok = realloc(n->inline_ok, j->nsigs);
+        if (!ok)
+            abort();
+        n->inline_ok = ok;
+        n->inline_ok_cap = j->nsigs;
+    }
+    uint8_t *ok = n->inline_ok;
+    for (uint32_t i = 0; i < j->nsigs; i++) {
+        const fb_verify_item *it = &j->items[i];
+        ok[i] = n->sigcache && fb_sigcache_lookup(n->sigcache, it->pk, it->digest, it->sig);
+    }
+    for (uint32_t i = 0; i < j->nsigs; i++) {
+        if (ok[i]) /* a cache hit */
+            continue;
+        const fb_verify_item *it = &j->items[i];
+        ok[i] = fb_sig_verify(it->pk, it->digest, it->sig) == 0;
+        n->inline_verified++;
+        if (ok[i] && n->sigcache)
+            fb_sigcache_insert(n->sigcache, it->pk, it->digest, it->sig);
+    }
+    on_verified(j, ok, j->nsigs); /* frees j */
+}
+
+/* verify="inline": the turn's jobs, in arrival order.  They run at the end
+ * of the turn (like a batch completion, never inside a network callback). */
+static void run_inline_jobs(fb_node *n)
+{
+    while (n->inline_head) {
+        vjob *j = n->inline_head;
+        n->inline_head = j->next;
+        if (!n->inline_head)
+            n->inline_tail = NULL;
+        verify_inline(n, j);
+    }
+}
+
 static void flush_job(fb_node *n)
 {
     vjob *j = n->job;
@@ -732,6 +794,14 @@ static void flush_job(fb_node *n)
     for (uint32_t i = 0; i < j->nsigs; i++) {
         j->items[i].digest = j->sigs[i].digest;
         j->items[i].sig = j->sigs[i].sig;
+    }
+    if (!n->bv) { /* verify="inline" */
+        if (n->inline_tail)
+            n->inline_tail->next = j;
+        else
+            n->inline_head = j;
+        n->inline_tail = j;
+        return;
     }
     fb_metric_observe(n->m.verify_batch, (double)j->nsigs);
     if (fb_batchver_submit(n->bv, j->items, j->nsigs, on_verified, j) != 0) {
@@ -931,13 +1001,15 @@ static void on_turn_end(uv_check_t *h)
 {
     fb_node *n = h->data;
     flush_job(n);
+    run_inline_jobs(n);
     submit_open_batch(n);
 }
 
 static void on_bv_async(uv_async_t *h)
 {
     fb_node *n = h->data;
-    fb_batchver_poll(n->bv);
+    if (n->bv)
+        fb_batchver_poll(n->bv);
 }
 
 static void on_store_async(uv_async_t *h)
@@ -1115,6 +1187,7 @@ int fb_node_new(uv_loop_t *loop, const cfg_node *cfg, fb_node **out, char *err, 
         .request_timeout_ms = cfg->request_timeout_ms,
         .view_change_timeout_ms = cfg->view_change_timeout_ms,
         .signer = {sign_cb, &n->id},
+        .no_digest_reuse = !cfg->digest_cache,
     };
     if (!n->client_conn)
         rc = FB_ENOMEM;
@@ -1127,7 +1200,7 @@ int fb_node_new(uv_loop_t *loop, const cfg_node *cfg, fb_node **out, char *err, 
                         errlen);
     if (rc == 0)
         rc = restore_replica(n, err, errlen);
-    if (rc == 0)
+    if (rc == 0 && cfg->sig_cache)
         rc = fb_sigcache_new(FB_SIGCACHE_DEFAULT_CAPACITY, &n->sigcache);
     if (rc == 0)
         rc = ops_new(&n->ops);
@@ -1139,7 +1212,7 @@ int fb_node_new(uv_loop_t *loop, const cfg_node *cfg, fb_node **out, char *err, 
                              .cache = n->sigcache,
                              .wake = bv_wake,
                              .wake_arg = &n->bv_async};
-    if (rc == 0)
+    if (rc == 0 && cfg->verify == CFG_VERIFY_BATCH)
         rc = fb_batchver_new(&bc, &n->bv);
     net_config nc = {.mode = NET_MODE_REPLICA,
                      .loop = loop,
@@ -1237,6 +1310,11 @@ static json_t *admin_peers(void *arg, json_t *request, const char **err)
                      (json_int_t)ns.client_conns_rejected);
 }
 
+static const char *verify_mode_name(cfg_verify v)
+{
+    return v == CFG_VERIFY_INLINE ? "inline" : "batch";
+}
+
 static json_t *admin_config(void *arg, json_t *request, const char **err)
 {
     (void)request;
@@ -1248,7 +1326,7 @@ static json_t *admin_config(void *arg, json_t *request, const char **err)
     /* The key file's path and public key only: the secret never leaves. */
     return json_pack(
         "{s:i, s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:i, s:I, s:i, s:i, s:I, s:I, "
-        "s:i, s:s, s:i, s:I, s:s, s:s, s:i, s:i}",
+        "s:i, s:s, s:i, s:I, s:s, s:s, s:i, s:i, s:s, s:b, s:b}",
         "id", (int)c->id, "config_file", c->path, "cluster_file", c->cluster_path, "key_file",
         c->key_path, "public_key", pk, "data_dir", c->data_dir, "listen", c->listen,
         "batch_max_requests", (int)c->batch_max_requests, "batch_max_bytes",
@@ -1259,7 +1337,9 @@ static json_t *admin_config(void *arg, json_t *request, const char **err)
         "durability", c->durability == CFG_DURABILITY_FSYNC ? "fsync" : "os", "max_frame",
         (int)c->max_frame, "send_queue_bytes", (json_int_t)c->send_queue_bytes, "log_level",
         fb_log_level_name(fb_log_get_level()), "log_file",
-        c->log_file[0] ? c->log_file : "(stderr)", "n", (int)n->cluster.n, "f", (int)n->cluster.f);
+        c->log_file[0] ? c->log_file : "(stderr)", "n", (int)n->cluster.n, "f", (int)n->cluster.f,
+        "verify", verify_mode_name(c->verify), "sig_cache", c->sig_cache, "digest_cache",
+        c->digest_cache);
 }
 
 static json_t *admin_log_level(void *arg, json_t *request, const char **err)
@@ -1377,8 +1457,11 @@ static double g_store_queue(void *arg)
 
 static double g_verify_queue(void *arg)
 {
+    fb_node *n = arg;
+    if (!n->bv)
+        return 0; /* verify="inline": nothing waits beyond the current turn */
     fb_batchver_stats st;
-    fb_batchver_get_stats(((fb_node *)arg)->bv, &st);
+    fb_batchver_get_stats(n->bv, &st);
     return (double)st.pending;
 }
 
@@ -1416,6 +1499,11 @@ static void register_metrics(fb_node *n)
                                        "Signatures answered by the verified-signature cache", NULL);
     n->m.sig_misses = fb_metrics_counter(m, "fedbft_sigcache_misses_total",
                                          "Signature cache lookups that missed", NULL);
+    n->m.sig_verified = fb_metrics_counter(
+        m, "fedbft_signatures_verified_total",
+        "Ed25519 signatures of received messages checked (batch workers or inline; cache hits "
+        "excluded)",
+        NULL);
     const char *rk[4] = {"reason=\"garbage\"", "reason=\"oversized\"", "reason=\"unknown_key\"",
                          "reason=\"handshake\""};
     for (int i = 0; i < 4; i++)
@@ -1449,10 +1537,19 @@ static void sync_metrics(fb_node *n)
     fb_metric_sync(n->m.digests[1], st.digests.batches, &n->m.last_digests[1]);
     fb_metric_sync(n->m.digests[2], st.digests.envelopes, &n->m.last_digests[2]);
     fb_metric_sync(n->m.view_changes, st.view_changes, &n->m.last_view_changes);
-    fb_sigcache_stats cs;
-    fb_sigcache_get_stats(n->sigcache, &cs);
-    fb_metric_sync(n->m.sig_hits, cs.hits, &n->m.last_hits);
-    fb_metric_sync(n->m.sig_misses, cs.misses, &n->m.last_misses);
+    if (n->sigcache) {
+        fb_sigcache_stats cs;
+        fb_sigcache_get_stats(n->sigcache, &cs);
+        fb_metric_sync(n->m.sig_hits, cs.hits, &n->m.last_hits);
+        fb_metric_sync(n->m.sig_misses, cs.misses, &n->m.last_misses);
+    }
+    uint64_t verified = n->inline_verified;
+    if (n->bv) {
+        fb_batchver_stats bs;
+        fb_batchver_get_stats(n->bv, &bs);
+        verified += bs.verified;
+    }
+    fb_metric_sync(n->m.sig_verified, verified, &n->m.last_verified);
     net_stats ns;
     net_get_stats(n->net, &ns);
     uint64_t rej[4] = {ns.garbage, ns.oversized, ns.unknown_keys, ns.handshakes_failed};
@@ -1630,6 +1727,30 @@ static int start_admin(fb_node *n, char *err, size_t errlen)
     return rc;
 }
 
+/* How signatures and digests are checked; a warning when a benchmark switch
+ * has turned a mechanism off. */
+static void log_switches(fb_node *n)
+{
+    const cfg_node *c = &n->cfg;
+    char verify[64];
+    if (n->bv) {
+        fb_batchver_stats bs;
+        fb_batchver_get_stats(n->bv, &bs);
+        snprintf(verify, sizeof verify, "in batches on %u worker threads", bs.threads);
+    } else {
+        snprintf(verify, sizeof verify, "inline on the event loop");
+    }
+    bool ablated = c->verify != CFG_VERIFY_BATCH || !c->sig_cache || !c->digest_cache;
+    if (ablated)
+        LOG_WARN("benchmark switches in node.json: verify=%s sig_cache=%s digest_cache=%s "
+                 "(signatures verified %s; for benchmarks, not production)",
+                 verify_mode_name(c->verify), c->sig_cache ? "true" : "false",
+                 c->digest_cache ? "true" : "false", verify);
+    else
+        LOG_INFO("signatures verified %s, with the signature cache; request digests reused",
+                 verify);
+}
+
 int fb_node_start(fb_node *n, char *err, size_t errlen)
 {
     n->started_ms = now_ms(n);
@@ -1669,6 +1790,7 @@ int fb_node_start(fb_node *n, char *err, size_t errlen)
     LOG_INFO("replica %u of %u up: view %llu, executed %llu, stable %llu", st.id, st.n,
              (unsigned long long)st.view, (unsigned long long)st.last_executed,
              (unsigned long long)st.stable_seq);
+    log_switches(n);
     return 0;
 }
 
@@ -1731,6 +1853,12 @@ void fb_node_free(fb_node *n)
         sbatch_free(n->open);
     if (n->job)
         job_free(n->job);
+    while (n->inline_head) {
+        vjob *j = n->inline_head;
+        n->inline_head = j->next;
+        job_free(j);
+    }
+    free(n->inline_ok);
     net_free(n->net);
     admin_free(n->admin);
     serve_free(n->serve);

@@ -4,9 +4,10 @@
  * Flow of a message: net delivers an authenticated frame -> cheap checks
  * (known sender, matching link identity, view and watermarks) -> every
  * signature it carries joins this loop turn's verification job -> at the end
- * of the turn the job goes to the batch verifier (worker threads) -> when it
- * completes, the messages that verified are stepped into the replica in
- * arrival order.
+ * of the turn the job goes to the batch verifier (worker threads; with
+ * node.json "verify": "inline" the loop thread checks it there and then) ->
+ * when it completes, the messages that verified are stepped into the replica
+ * in arrival order.
  *
  * Flow of actions: persists (and executions) of all steps in one loop turn go
  * into one store transaction (group commit); any send that follows a persist

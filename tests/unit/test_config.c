@@ -118,6 +118,9 @@ static void test_defaults(void **state)
     assert_string_equal(n.log_level, "info");
     assert_false(n.fault_injection);
     assert_int_equal(n.http_port, 0);
+    assert_int_equal(n.verify, CFG_VERIFY_BATCH);
+    assert_true(n.sig_cache);
+    assert_true(n.digest_cache);
 }
 
 static void make_cluster(cfg_cluster *c, uint32_t n, uint32_t m)
@@ -268,6 +271,9 @@ static void test_node_roundtrip(void **state)
     snprintf(n.log_level, sizeof n.log_level, "debug");
     n.fault_injection = true;
     n.http_port = 7203;
+    n.verify = CFG_VERIFY_INLINE;
+    n.sig_cache = false;
+    n.digest_cache = false;
     assert_int_equal(cfg_node_write(path, &n, err, sizeof err), 0);
     int rc = cfg_node_load(path, &back, err, sizeof err);
     if (rc)
@@ -296,10 +302,16 @@ static void test_node_roundtrip(void **state)
     assert_string_equal(back.log_level, "debug");
     assert_true(back.fault_injection);
     assert_int_equal(back.http_port, 7203);
+    assert_int_equal(back.verify, CFG_VERIFY_INLINE);
+    assert_false(back.sig_cache);
+    assert_false(back.digest_cache);
 
     /* And the defaults round-trip too (false / 0 are written, not omitted). */
     back.fault_injection = false;
     back.http_port = 0;
+    back.verify = CFG_VERIFY_BATCH;
+    back.sig_cache = true;
+    back.digest_cache = true;
     assert_int_equal(cfg_node_write(path, &back, err, sizeof err), 0);
     cfg_node again;
     rc = cfg_node_load(path, &again, err, sizeof err);
@@ -307,6 +319,9 @@ static void test_node_roundtrip(void **state)
         fail_msg("load: %s", err);
     assert_false(again.fault_injection);
     assert_int_equal(again.http_port, 0);
+    assert_int_equal(again.verify, CFG_VERIFY_BATCH);
+    assert_true(again.sig_cache);
+    assert_true(again.digest_cache);
     unlink(path);
     rmdir(sub);
 }
@@ -335,6 +350,9 @@ static void test_node_minimal_defaults_and_paths(void **state)
     assert_string_equal(n.listen, "");
     assert_false(n.fault_injection);
     assert_int_equal(n.http_port, 0);
+    assert_int_equal(n.verify, CFG_VERIFY_BATCH); /* the benchmark switches: all on */
+    assert_true(n.sig_cache);
+    assert_true(n.digest_cache);
     char real[PATH_MAX], want[PATH_MAX + 32];
     assert_non_null(realpath(sub, real));
     snprintf(want, sizeof want, "%s/a/../data/", real); /* only leading ./ ../ are folded */
@@ -342,6 +360,83 @@ static void test_node_minimal_defaults_and_paths(void **state)
     assert_true(n.key_path[0] == '/');
     unlink(path);
     rmdir(sub);
+}
+
+/* The benchmark switches, each value written by hand (not by the writer),
+ * one at a time so that each is seen to set only its own field. */
+typedef struct switch_case {
+    const char *key;
+    json_t *(*value)(void);
+    cfg_verify verify;
+    bool sig_cache, digest_cache;
+} switch_case;
+
+static json_t *v_batch(void)
+{
+    return json_string("batch");
+}
+static json_t *v_inline(void)
+{
+    return json_string("inline");
+}
+
+static void test_node_benchmark_switches(void **state)
+{
+    (void)state;
+    static const switch_case cases[] = {
+        {"verify", v_batch, CFG_VERIFY_BATCH, true, true},
+        {"verify", v_inline, CFG_VERIFY_INLINE, true, true},
+        {"sig_cache", json_true, CFG_VERIFY_BATCH, true, true},
+        {"sig_cache", json_false, CFG_VERIFY_BATCH, false, true},
+        {"digest_cache", json_true, CFG_VERIFY_BATCH, true, true},
+        {"digest_cache", json_false, CFG_VERIFY_BATCH, true, false},
+    };
+    char path[300], err[512] = "";
+    path_in(path, sizeof path, "switches.json");
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const switch_case *c = &cases[i];
+        json_t *root = base_node();
+        json_object_set_new(root, c->key, c->value());
+        write_json(path, root);
+        json_decref(root);
+        cfg_node n;
+        memset(&n, 0x5a, sizeof n);
+        if (cfg_node_load(path, &n, err, sizeof err) != 0)
+            fail_msg("case %zu (%s): %s", i, c->key, err);
+        assert_int_equal(n.verify, c->verify);
+        assert_int_equal(n.sig_cache, c->sig_cache);
+        assert_int_equal(n.digest_cache, c->digest_cache);
+    }
+    /* All three off together. */
+    json_t *root = base_node();
+    json_object_set_new(root, "verify", v_inline());
+    json_object_set_new(root, "sig_cache", json_false());
+    json_object_set_new(root, "digest_cache", json_false());
+    write_json(path, root);
+    json_decref(root);
+    cfg_node n;
+    assert_int_equal(cfg_node_load(path, &n, err, sizeof err), 0);
+    assert_int_equal(n.verify, CFG_VERIFY_INLINE);
+    assert_false(n.sig_cache);
+    assert_false(n.digest_cache);
+    unlink(path);
+}
+
+/* batch_max_requests 1 (no batching) is accepted: the benchmark's baseline. */
+static void test_node_batch_of_one(void **state)
+{
+    (void)state;
+    char path[300], err[512] = "";
+    path_in(path, sizeof path, "batch1.json");
+    json_t *root = base_node();
+    json_object_set_new(root, "batch_max_requests", json_integer(1));
+    write_json(path, root);
+    json_decref(root);
+    cfg_node n;
+    if (cfg_node_load(path, &n, err, sizeof err) != 0)
+        fail_msg("load: %s", err);
+    assert_int_equal(n.batch_max_requests, 1);
+    unlink(path);
 }
 
 static void test_node_relative_config_path(void **state)
@@ -830,6 +925,47 @@ static void n_http_port_bool(json_t *r)
     json_object_set_new(r, "http_port", json_true());
 }
 
+static void n_verify_bad(json_t *r)
+{
+    json_object_set_new(r, "verify", json_string("parallel"));
+}
+static void n_verify_case(json_t *r)
+{
+    json_object_set_new(r, "verify", json_string("Inline"));
+}
+static void n_verify_empty(json_t *r)
+{
+    json_object_set_new(r, "verify", json_string(""));
+}
+static void n_verify_bool(json_t *r)
+{
+    json_object_set_new(r, "verify", json_true());
+}
+static void n_verify_number(json_t *r)
+{
+    json_object_set_new(r, "verify", json_integer(1));
+}
+static void n_sig_cache_string(json_t *r)
+{
+    json_object_set_new(r, "sig_cache", json_string("false"));
+}
+static void n_sig_cache_number(json_t *r)
+{
+    json_object_set_new(r, "sig_cache", json_integer(0));
+}
+static void n_digest_cache_string(json_t *r)
+{
+    json_object_set_new(r, "digest_cache", json_string("off"));
+}
+static void n_digest_cache_null(json_t *r)
+{
+    json_object_set_new(r, "digest_cache", json_null());
+}
+static void n_switch_typo(json_t *r)
+{
+    json_object_set_new(r, "sigcache", json_false());
+}
+
 static const reject_case node_cases[] = {
     {"node: id missing", n_id_missing, "id", "missing"},
     {"node: id a boolean", n_id_bool, "id", "whole number"},
@@ -862,6 +998,16 @@ static const reject_case node_cases[] = {
     {"node: http_port too large", n_http_port_huge, "http_port", "out of range"},
     {"node: http_port negative", n_http_port_negative, "http_port", "out of range"},
     {"node: http_port a boolean", n_http_port_bool, "http_port", "whole number"},
+    {"node: verify unknown", n_verify_bad, "verify", "\"inline\""},
+    {"node: verify wrong case", n_verify_case, "verify", "\"batch\""},
+    {"node: verify empty", n_verify_empty, "verify", "must not be empty"},
+    {"node: verify a boolean", n_verify_bool, "verify", "must be a string"},
+    {"node: verify a number", n_verify_number, "verify", "must be a string"},
+    {"node: sig_cache a string", n_sig_cache_string, "sig_cache", "true or false"},
+    {"node: sig_cache a number", n_sig_cache_number, "sig_cache", "true or false"},
+    {"node: digest_cache a string", n_digest_cache_string, "digest_cache", "true or false"},
+    {"node: digest_cache null", n_digest_cache_null, "digest_cache", "true or false"},
+    {"node: misspelt switch", n_switch_typo, "sigcache", "sig_cache"},
 };
 
 static void expect_field(const char *err, const char *path, const char *field, const char *detail)
@@ -947,6 +1093,8 @@ int main(void)
         cmocka_unit_test(test_cluster_same_port_other_host_ok),
         cmocka_unit_test(test_node_roundtrip),
         cmocka_unit_test(test_node_minimal_defaults_and_paths),
+        cmocka_unit_test(test_node_benchmark_switches),
+        cmocka_unit_test(test_node_batch_of_one),
         cmocka_unit_test(test_node_relative_config_path),
         cmocka_unit_test(test_node_in_cluster),
         cmocka_unit_test(test_missing_file),
