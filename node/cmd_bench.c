@@ -63,7 +63,11 @@ void cmd_bench_usage(FILE *out)
             "                         each on a fresh cluster with the same load, and print\n"
             "                         one table (throughput, p50, p99, ratios to the default);\n"
             "                         LIST (comma-separated, default all): batch (batch max\n"
-            "                         1), verify (inline), digest-cache, sig-cache\n\n"
+            "                         1), verify (inline), digest-cache, sig-cache\n"
+            "  --rounds N             with --ablation: N interleaved rounds (default 1, at\n"
+            "                         most 20); each configuration's row is its median round\n"
+            "                         by throughput, so a slow phase of a shared machine\n"
+            "                         hits every configuration alike\n\n"
             "Load:\n"
             "  --clients C            clients, each with one request outstanding (default 8,\n"
             "                         at most %d)\n"
@@ -125,6 +129,7 @@ typedef struct bench_opts {
     bench_switches sw;
     bool json, ablation, any_switch;
     bool rows[NROWS];
+    uint32_t rounds; /* --ablation rounds */
 } bench_opts;
 
 enum {
@@ -149,7 +154,8 @@ enum {
     O_CORES,
     O_JSON,
     O_COMPARE,
-    O_THRESHOLD
+    O_THRESHOLD,
+    O_ROUNDS
 };
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -309,6 +315,9 @@ static int take_option(int c, const char *arg, bench_opts *o)
     case O_CORES:
         return parse_u32(arg, 1, 65536, &o->cores) ? 0
                                                    : usage_error("--cores %s: must be >= 1", arg);
+    case O_ROUNDS:
+        return parse_u32(arg, 1, 20, &o->rounds) ? 0
+                                                 : usage_error("--rounds %s: must be 1..20", arg);
     case O_THRESHOLD:
         return parse_real(arg, 0, 100000, true, &o->threshold)
                    ? 0
@@ -333,6 +342,8 @@ static int check_combinations(const bench_opts *o, bool local_only_given)
         return usage_error("--base-port, --durability, --keep, --batch-max, --verify, "
                            "--no-digest-cache, --no-sig-cache and --ablation need --local "
                            "(they configure the cluster the bench makes)");
+    if (o->rounds > 1 && !o->ablation)
+        return usage_error("--rounds is for --ablation (one run is one round)");
     if (o->ablation && o->any_switch)
         return usage_error("--ablation sets the switches itself; drop --batch-max, --verify, "
                            "--no-digest-cache and --no-sig-cache");
@@ -370,10 +381,12 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
         {"json", no_argument, NULL, O_JSON},
         {"compare", required_argument, NULL, O_COMPARE},
         {"threshold", required_argument, NULL, O_THRESHOLD},
+        {"rounds", required_argument, NULL, O_ROUNDS},
         {NULL, 0, NULL, 0},
     };
     long online = sysconf(_SC_NPROCESSORS_ONLN);
-    *o = (bench_opts){.base_port = 7400,
+    *o = (bench_opts){.rounds = 1,
+                      .base_port = 7400,
                       .clients = 8,
                       .payload = 64,
                       .cores = online > 0 ? (uint32_t)online : 1,
@@ -694,42 +707,89 @@ static void switch_for_row(size_t k, bench_switches *sw)
         sw->no_sig_cache = true;
 }
 
+static double throughput_of(json_t *rec)
+{
+    return json_number_value(json_object_get(rec, "throughput_ops_s"));
+}
+
+/* The median round of one configuration by throughput (an error row if any
+ * round failed), with every round's throughput beside it. */
+static json_t *median_round(json_t *recs)
+{
+    size_t n = json_array_size(recs), i;
+    json_t *r, *err = NULL;
+    json_array_foreach(recs, i, r) if (json_object_get(r, "error")) err = r;
+    if (err || n == 1)
+        return json_incref(err ? err : json_array_get(recs, 0));
+    json_t *sorted[20];
+    for (i = 0; i < n; i++) { /* insertion sort by throughput: n <= 20 */
+        json_t *x = json_array_get(recs, i);
+        size_t j = i;
+        for (; j > 0 && throughput_of(sorted[j - 1]) > throughput_of(x); j--)
+            sorted[j] = sorted[j - 1];
+        sorted[j] = x;
+    }
+    json_t *pick = json_deep_copy(sorted[n / 2]);
+    json_t *all = json_array();
+    json_array_foreach(recs, i, r) json_array_append_new(all, json_real(throughput_of(r)));
+    json_object_set_new(pick, "rounds", json_integer((json_int_t)n));
+    json_object_set_new(pick, "round_throughputs_ops_s", all);
+    return pick;
+}
+
 static int run_ablation(const bench_opts *o, const workspace *ws, double verify_us)
 {
-    json_t *rows = json_array();
+    json_t *per_cfg[NROWS + 1] = {0};
     int rc = 0;
-    for (size_t k = 0; k <= NROWS && !bench_nodes_signalled(); k++) {
-        if (k > 0 && !o->rows[k - 1])
-            continue;
-        bench_config bc = base_config(o);
-        bc.label = k ? ROWS[k - 1].label : "default";
-        if (k)
-            switch_for_row(k - 1, &bc.sw);
-        char dir[BENCH_PATH_MAX];
-        snprintf(dir, sizeof dir, "%s/%s", ws->root, k ? ROWS[k - 1].slug : "default");
-        run_out out = {0};
-        run_local(o, dir, &bc, verify_us, &out);
-        if (out.rc > 128) {
-            json_decref(out.rec);
-            rc = out.rc;
-            break;
+    for (size_t k = 0; k <= NROWS; k++)
+        per_cfg[k] = json_array();
+    /* rounds outer, configurations inner: drift of a shared machine then
+     * falls on every configuration alike */
+    for (uint32_t round = 0; round < o->rounds && rc <= 128; round++)
+        for (size_t k = 0; k <= NROWS && !bench_nodes_signalled(); k++) {
+            if (k > 0 && !o->rows[k - 1])
+                continue;
+            bench_config bc = base_config(o);
+            bc.label = k ? ROWS[k - 1].label : "default";
+            if (k)
+                switch_for_row(k - 1, &bc.sw);
+            char dir[BENCH_PATH_MAX];
+            const char *slug = k ? ROWS[k - 1].slug : "default";
+            if (o->rounds > 1)
+                snprintf(dir, sizeof dir, "%s/%s-%u", ws->root, slug, round + 1);
+            else
+                snprintf(dir, sizeof dir, "%s/%s", ws->root, slug);
+            run_out out = {0};
+            run_local(o, dir, &bc, verify_us, &out);
+            if (out.rc > 128) {
+                json_decref(out.rec);
+                rc = out.rc;
+                break;
+            }
+            if (out.rc) {
+                fprintf(stderr, "fedbft bench: %s: %s\n", bc.label, out.err);
+                json_decref(out.rec);
+                out.rec = json_pack("{s:s,s:s}", "label", bc.label, "error", out.err);
+                rc = 1;
+            }
+            json_array_append_new(per_cfg[k], out.rec);
         }
-        if (out.rc) {
-            fprintf(stderr, "fedbft bench: %s: %s\n", bc.label, out.err);
-            json_decref(out.rec);
-            out.rec = json_pack("{s:s,s:s}", "label", bc.label, "error", out.err);
-            rc = 1;
-        }
-        json_array_append_new(rows, out.rec);
-    }
     if (rc <= 128) {
+        json_t *rows = json_array();
+        for (size_t k = 0; k <= NROWS; k++)
+            if (json_array_size(per_cfg[k]) > 0)
+                json_array_append_new(rows, median_round(per_cfg[k]));
         add_ratios(rows);
         if (o->json)
             print_json(rows);
         else
             bench_report_ablation(stdout, rows);
+        if (!o->json && o->rounds > 1)
+            printf("(each row: the median of %u interleaved rounds by throughput)\n", o->rounds);
+        json_decref(rows);
     }
-    json_decref(rows);
+    for (size_t k = 0; k <= NROWS; k++)
+        json_decref(per_cfg[k]);
     return rc;
 }
 

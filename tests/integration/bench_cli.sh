@@ -72,6 +72,8 @@ bad "--base-port too high" "too high" --local 4 --base-port 65400
 bad "--ablation unknown switch" "unknown switch 'foo'" --local 4 --ablation=foo
 bad "--ablation with a switch" "--ablation sets the switches" --local 4 --ablation --no-sig-cache
 bad "--ablation with --compare" "does not combine" --local 4 --ablation --compare x.json
+bad "--rounds without --ablation" "--rounds is for --ablation" --local 4 --rounds 2
+bad "--rounds 0" "--rounds 0: must be 1..20" --local 4 --ablation --rounds 0
 bad "unknown option" "--bogus: unknown option" --local 4 --bogus
 bad "missing value" "--clients: needs a value" --local 4 --clients
 bad "stray argument" "unexpected argument 'extra'" --local 4 extra
@@ -83,7 +85,7 @@ check "--help exits 0" test $? -eq 0
 check "--help documents every option" bash -c "for o in --local --cluster --keys --base-port \
     --durability --keep --batch-max --verify --no-digest-cache --no-sig-cache --ablation \
     --clients --rate --payload --read-ratio --warmup --duration --timeout --json --compare \
-    --threshold --cores; do grep -q -- \"\$o\" '$tmp/help.out' || exit 1; done"
+    --threshold --cores --rounds; do grep -q -- \"\$o\" '$tmp/help.out' || exit 1; done"
 "$FEDBFT" help bench | cmp -s - "$tmp/help.out"
 check "'fedbft help bench' is the same help" test $? -eq 0
 
@@ -159,6 +161,14 @@ kept_stopped() { ! pgrep -f "$tmp/kept" >/dev/null; }
 check "... the kept clusters are stopped" kept_stopped
 check "... and the default one untouched" json_check "$tmp/kept/default/node0/node.json" \
     'r["batch_max_requests"] != 1'
+
+B --local 4 --duration 1 --warmup 0.5 --ablation=verify --rounds 2 --json > "$tmp/abl3.json" \
+    2> "$tmp/abl3.err"
+check "--ablation=verify --rounds 2 --json exits 0" test $? -eq 0
+check "... each row is the median of 2 rounds, with both rounds' throughput" \
+    json_check "$tmp/abl3.json" \
+    '[x["label"] for x in r] == ["default", "verify inline"] and all(x["rounds"] == 2 and len(x["round_throughputs_ops_s"]) == 2 and min(x["round_throughputs_ops_s"]) <= x["throughput_ops_s"] <= max(x["round_throughputs_ops_s"]) for x in r)'
+check "nothing left after the rounds" no_leftovers
 
 # ---- a run interrupted by SIGINT stops and removes its cluster
 "$FEDBFT" bench --base-port "$base" --local 4 --duration 60 --warmup 1 > "$tmp/int.out" 2> "$tmp/int.err" &
