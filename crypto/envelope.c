@@ -1,9 +1,10 @@
-/* envelope.c - the signed Envelope: digest, seal, structural open. */
+/* envelope.c - the Envelope: digest, seal (signed, except REPLY), structural open. */
 #include "envelope.h"
 
 #include "fb_error.h"
 #include "sig.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 
 static void put_be32(uint8_t out[4], uint32_t v)
@@ -78,7 +79,12 @@ int fb_env_seal(int type, uint32_t sender, const uint8_t *payload, size_t payloa
     int rc = fb_env_digest(type, FB_PROTOCOL_VERSION, sender, payload, payload_len, digest);
     if (rc)
         return rc;
-    fb_sig_sign(id, digest, sig);
+    bool signed_type = type != FEDBFT__MSG_TYPE__MSG_REPLY;
+    if (signed_type) {
+        if (!id)
+            return FB_EINVAL;
+        fb_sig_sign(id, digest, sig);
+    }
 
     Fedbft__Envelope env = FEDBFT__ENVELOPE__INIT;
     env.type = (Fedbft__MsgType)type;
@@ -86,8 +92,8 @@ int fb_env_seal(int type, uint32_t sender, const uint8_t *payload, size_t payloa
     env.version = FB_PROTOCOL_VERSION;
     env.payload.data = (uint8_t *)payload;
     env.payload.len = payload_len;
-    env.signature.data = sig;
-    env.signature.len = sizeof sig;
+    env.signature.data = signed_type ? sig : NULL;
+    env.signature.len = signed_type ? sizeof sig : 0;
     size_t n = fedbft__envelope__get_packed_size(&env);
     uint8_t *buf = malloc(n ? n : 1);
     if (!buf)
@@ -110,7 +116,12 @@ int fb_env_unpack(const uint8_t *buf, size_t len, Fedbft__Envelope **out, char *
                      env->version, FB_PROTOCOL_VERSION);
     else if (!envelope_type_valid(env->type))
         rc = fb_errf(err, errlen, FB_EPROTO, "envelope: unknown message type %d", (int)env->type);
-    else if (env->signature.len != FB_SIG_LEN)
+    else if (env->type == FEDBFT__MSG_TYPE__MSG_REPLY && env->signature.len != 0)
+        rc = fb_errf(err, errlen, FB_EPROTO,
+                     "envelope: a REPLY carries no signature (the channel authenticates it), "
+                     "this one has %zu bytes",
+                     env->signature.len);
+    else if (env->type != FEDBFT__MSG_TYPE__MSG_REPLY && env->signature.len != FB_SIG_LEN)
         rc = fb_errf(err, errlen, FB_EPROTO, "envelope: signature is %zu bytes, expected %d",
                      env->signature.len, FB_SIG_LEN);
     if (rc) {

@@ -175,6 +175,62 @@ static void test_seal_rejects_unknown_type(void **state)
     assert_null(wire);
 }
 
+/* A REPLY is the one unsigned type: sealed without a key, opened only with an
+ * empty signature; every other type still needs a key and 64 bytes. */
+static void add_sig(Fedbft__Envelope *e)
+{
+    e->signature.data = calloc(1, FB_SIG_LEN); /* freed with the envelope */
+    assert_non_null(e->signature.data);
+    e->signature.len = FB_SIG_LEN;
+}
+static void drop_sig(Fedbft__Envelope *e)
+{
+    e->signature.len = 0;
+}
+static void as_reply(Fedbft__Envelope *e)
+{
+    e->type = FEDBFT__MSG_TYPE__MSG_REPLY;
+}
+
+static void test_reply_is_unsigned(void **state)
+{
+    (void)state;
+    fb_identity id = ident(1);
+    uint8_t payload[128], *wire, *pwire, out[512], digest[FB_DIGEST_LEN];
+    size_t plen = prepare_payload(payload, sizeof payload), wlen, pwlen;
+    char err[160];
+    Fedbft__Envelope *env = NULL;
+    assert_int_equal(fb_env_seal(FEDBFT__MSG_TYPE__MSG_REPLY, 2, payload, plen, NULL, &wire, &wlen),
+                     0);
+    assert_int_equal(fb_env_open(wire, wlen, &env, digest, err, sizeof err), 0);
+    assert_int_equal(env->type, FEDBFT__MSG_TYPE__MSG_REPLY);
+    assert_int_equal(env->signature.len, 0);
+    assert_memory_equal(env->payload.data, payload, plen);
+    fedbft__envelope__free_unpacked(env, NULL);
+
+    /* a REPLY with a signature is malformed */
+    size_t n = repack(wire, wlen, add_sig, out);
+    assert_int_equal(fb_env_open(out, n, &env, digest, err, sizeof err), FB_EPROTO);
+    assert_non_null(strstr(err, "REPLY carries no signature"));
+    /* a signed PREPARE retyped as REPLY keeps its signature: rejected too */
+    assert_int_equal(
+        fb_env_seal(FEDBFT__MSG_TYPE__MSG_PREPARE, 2, payload, plen, &id, &pwire, &pwlen), 0);
+    n = repack(pwire, pwlen, as_reply, out);
+    assert_int_equal(fb_env_open(out, n, &env, digest, err, sizeof err), FB_EPROTO);
+    /* any other type without a signature is malformed, and cannot be sealed
+     * without a key */
+    n = repack(pwire, pwlen, drop_sig, out);
+    assert_int_equal(fb_env_open(out, n, &env, digest, err, sizeof err), FB_EPROTO);
+    assert_non_null(strstr(err, "expected 64"));
+    uint8_t *none = NULL;
+    assert_int_equal(
+        fb_env_seal(FEDBFT__MSG_TYPE__MSG_PREPARE, 2, payload, plen, NULL, &none, &pwlen),
+        FB_EINVAL);
+    assert_null(none);
+    free(pwire);
+    free(wire);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -182,6 +238,7 @@ int main(void)
         cmocka_unit_test(test_signature_binds_type_sender_payload),
         cmocka_unit_test(test_open_rejects_malformed),
         cmocka_unit_test(test_seal_rejects_unknown_type),
+        cmocka_unit_test(test_reply_is_unsigned),
     };
     if (fb_crypto_init() != 0)
         return 1;
