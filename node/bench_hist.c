@@ -70,7 +70,9 @@ uint64_t bench_hist_percentile(const bench_hist *h, double p)
         return h->min;
     if (p >= 100)
         return h->max;
-    uint64_t rank = (uint64_t)ceil(p / 100.0 * (double)h->count);
+    /* nearest rank; the epsilon keeps p*count/100 that is an exact integer (e.g.
+     * 99.9% of 1000) from rounding up a rank through floating-point error */
+    uint64_t rank = (uint64_t)ceil(p / 100.0 * (double)h->count - 1e-9);
     if (rank < 1)
         rank = 1;
     if (rank > h->count)

@@ -122,11 +122,15 @@ static int run_self(const char *log, bool interruptible, const char *const *args
             kill(pid, SIGTERM);
             termed = true;
         }
-        pid_t r = waitpid(pid, &st, 0);
+        /* poll: a signal may land on another thread, or between the check
+         * above and a blocking wait, and must still stop the child soon */
+        pid_t r = waitpid(pid, &st, interruptible ? WNOHANG : 0);
         if (r == pid)
             break;
         if (r < 0 && errno != EINTR)
             return -1;
+        if (r == 0)
+            nanosleep(&(struct timespec){.tv_nsec = 20 * 1000 * 1000}, NULL);
     }
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
 }

@@ -110,7 +110,7 @@ static json_t *nodes_json(const bench_run *r, bool use_verified)
         bool ok = both(a, b, i);
         const bench_node_sample *x = ok ? &a->node[i] : NULL, *y = ok ? &b->node[i] : NULL;
         double dt = ok ? (double)(b->t_us - a->t_us) / 1e6 : 0;
-        bool proc = ok && x->have_proc && y->have_proc && dt > 0;
+        bool proc = ok && x->have_proc && y->have_proc && dt > 0 && y->cpu_ticks >= x->cpu_ticks;
         bool met = ok && x->have_metrics && y->have_metrics;
         double cpu = proc ? (double)(y->cpu_ticks - x->cpu_ticks) / hz / dt * 100 : 0;
         double sigs = met ? (use_verified ? y->sigs_verified - x->sigs_verified

@@ -66,8 +66,9 @@ void cmd_bench_usage(FILE *out)
             "                         1), verify (inline), digest-cache, sig-cache\n"
             "  --rounds N             with --ablation: N interleaved rounds (default 1, at\n"
             "                         most 20); each configuration's row is its median round\n"
-            "                         by throughput, so a slow phase of a shared machine\n"
-            "                         hits every configuration alike\n\n"
+            "                         by throughput (the lower middle one for an even N),\n"
+            "                         so a slow phase of a shared machine hits every\n"
+            "                         configuration alike\n\n"
             "Load:\n"
             "  --clients C            clients, each with one request outstanding (default 8,\n"
             "                         at most %d)\n"
@@ -604,6 +605,13 @@ static void run_local(const bench_opts *o, const char *dir, const bench_config *
     fprintf(stderr, "fedbft bench: starting %u replicas in %s (ports %u..%u)%s%s\n", o->local, dir,
             o->base_port, o->base_port + HTTP_PORT_OFFSET + o->local - 1,
             bc->label ? ", configuration: " : "", bc->label ? bc->label : "");
+    /* the nodes inherit this limit: each needs a descriptor per client */
+    if (ensure_fds(o->clients, o->local) != 0) {
+        snprintf(out->err, sizeof out->err, "cannot open enough connections for %u clients",
+                 o->clients);
+        out->rc = 1;
+        return;
+    }
     if (bench_nodes_local_up(dir, &lo, &nd, out->err, sizeof out->err) != 0)
         out->rc = bench_nodes_signalled() ? 128 + bench_nodes_signalled() : 1;
     else
@@ -729,7 +737,7 @@ static json_t *median_round(json_t *recs)
             sorted[j] = sorted[j - 1];
         sorted[j] = x;
     }
-    json_t *pick = json_deep_copy(sorted[n / 2]);
+    json_t *pick = json_deep_copy(sorted[(n - 1) / 2]); /* the lower one of two */
     json_t *all = json_array();
     json_array_foreach(recs, i, r) json_array_append_new(all, json_real(throughput_of(r)));
     json_object_set_new(pick, "rounds", json_integer((json_int_t)n));
@@ -774,6 +782,8 @@ static int run_ablation(const bench_opts *o, const workspace *ws, double verify_
             }
             json_array_append_new(per_cfg[k], out.rec);
         }
+    if (rc <= 128 && bench_nodes_signalled())
+        rc = 128 + bench_nodes_signalled(); /* between two configurations */
     if (rc <= 128) {
         json_t *rows = json_array();
         for (size_t k = 0; k <= NROWS; k++)
@@ -887,8 +897,10 @@ int cmd_bench(int argc, char **argv)
     if (o.local)
         drop_workspace(&ws);
     json_decref(baseline);
-    if (rc > 128)
+    if (rc > 128 && o.local)
         fprintf(stderr, "fedbft bench: interrupted by signal %d; the cluster is stopped%s\n",
                 rc - 128, ws.remove ? " and removed" : "");
+    else if (rc > 128)
+        fprintf(stderr, "fedbft bench: interrupted by signal %d\n", rc - 128);
     return rc;
 }

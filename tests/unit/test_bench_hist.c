@@ -27,7 +27,9 @@ static uint64_t exact_percentile(const uint64_t *sorted, size_t n, double p)
 {
     if (p >= 100)
         return sorted[n - 1];
-    size_t rank = (size_t)ceil(p / 100.0 * (double)n);
+    /* p/100*n that is an integer in exact arithmetic (99.9% of 50000) must not
+     * round up a rank through floating-point error */
+    size_t rank = (size_t)ceil(p / 100.0 * (double)n - 1e-9);
     if (rank < 1)
         rank = 1;
     return sorted[rank - 1];
@@ -150,6 +152,23 @@ static void test_lognormal_heavy_tail(void **state)
     }
     check_distribution(v, n);
     free(v);
+}
+
+/* 99.9% of 1000 values is rank 999 exactly, not the maximum: 999 ones and a
+ * single 100 (values below 128 are recorded exactly). */
+static void test_rank_exact_multiple(void **state)
+{
+    (void)state;
+    bench_hist *h = malloc(sizeof *h);
+    assert_non_null(h);
+    bench_hist_init(h);
+    for (int i = 0; i < 999; i++)
+        bench_hist_record(h, 1);
+    bench_hist_record(h, 100);
+    assert_int_equal(bench_hist_percentile(h, 99.9), 1);
+    assert_int_equal(bench_hist_percentile(h, 99.95), 100);
+    assert_int_equal(bench_hist_percentile(h, 100), 100);
+    free(h);
 }
 
 static void test_bimodal(void **state)
@@ -310,6 +329,7 @@ int main(void)
         cmocka_unit_test(test_uniform_wide),
         cmocka_unit_test(test_exponential),
         cmocka_unit_test(test_lognormal_heavy_tail),
+        cmocka_unit_test(test_rank_exact_multiple),
         cmocka_unit_test(test_bimodal),
         cmocka_unit_test(test_bucket_bounds),
         cmocka_unit_test(test_relative_error_every_value),
