@@ -84,6 +84,10 @@ struct pbft_replica {
     uint8_t fetch_digest[FB_DIGEST_LEN];
     uint64_t fetch_retry_at;
 
+    /* after a wipe (pbft_abstain_after_wipe) */
+    bool abstain_pending;   /* no stable checkpoint known yet: vote for nothing */
+    uint64_t abstain_until; /* vote for no seq <= this */
+
     pbft_clients clients;
 
     /* timers (absolute ms; NO_DEADLINE = off) */
@@ -97,12 +101,17 @@ struct pbft_replica {
     size_t nheld, held_cap;
 
     pbft_digest_stats digests;
-    uint64_t rejected;
-    bool restored;             /* set by pbft_restore until the first step */
-    uint64_t last_proposal_at; /* ms, primary */
+    uint64_t rejected_by[PBFT_REJ_COUNT]; /* see pbft_reject */
+    bool restored;                        /* set by pbft_restore until the first step */
+    uint64_t last_proposal_at;            /* ms, primary */
 };
 
 /* ------------------------------------------------------------ output */
+
+static void reject(pbft_replica *r, pbft_reject why)
+{
+    r->rejected_by[why]++;
+}
 
 static void hold(pbft_replica *r, pbft_msg *m)
 {
@@ -173,6 +182,13 @@ static void persist_stable(pbft_replica *r, uint64_t seq)
     a->record.seq = seq;
 }
 
+static void persist_abstain(pbft_replica *r, uint64_t seq)
+{
+    pbft_action *a = push(r, PBFT_ACT_PERSIST);
+    a->record.kind = PBFT_REC_ABSTAIN;
+    a->record.seq = seq;
+}
+
 static int make(pbft_replica *r, int type, const ProtobufCMessage *payload, pbft_msg **out)
 {
     return pbft_msg_make(type, r->cfg.id, payload, &r->cfg.signer, &r->digests, out);
@@ -203,6 +219,18 @@ static bool in_window(const pbft_replica *r, uint64_t seq)
 static bool digest_eq(const uint8_t *a, const uint8_t *b)
 {
     return memcmp(a, b, FB_DIGEST_LEN) == 0;
+}
+
+/* After a wipe: may we not vote on seq (PRE-PREPARE, PREPARE, COMMIT)? */
+static bool abstains(const pbft_replica *r, uint64_t seq)
+{
+    return r->abstain_pending || seq <= r->abstain_until;
+}
+
+/* ...nor on views: a VIEW-CHANGE or NEW-VIEW speaks for (h, h + L]. */
+static bool abstains_from_views(const pbft_replica *r)
+{
+    return r->abstain_pending || r->h < r->abstain_until;
 }
 
 /* ------------------------------------------------------------ config */
@@ -399,6 +427,13 @@ static void make_stable(pbft_replica *r, uint64_t seq, const uint8_t digest[FB_D
     for (uint32_t i = 0; i < nproof && i < r->quorum; i++)
         persist_msg(r, proof[i]);
     persist_stable(r, seq);
+    if (r->abstain_pending) {
+        /* The first stable checkpoint after a wipe: everything we may have
+         * voted for before it lies at or below seq + L. */
+        r->abstain_pending = false;
+        r->abstain_until = seq + r->cfg.log_window;
+        persist_abstain(r, r->abstain_until);
+    }
     set_stable_proof(r, seq, digest, proof, nproof);
     garbage_collect(r);
     if (r->last_executed < seq)
@@ -420,10 +455,12 @@ static uint32_t ckpt_matching(const pbft_replica *r, const ckpt *c, const uint8_
 
 /* A checkpoint with a quorum of matching messages becomes stable.  If we have
  * not executed that far and cannot, we fetch the state (section 4.3 / 5). */
-static void try_stabilize(pbft_replica *r, ckpt *c)
+/* force: make a certified checkpoint stable even when the log could reach it
+ * (used when the checkpoint being fetched turned out to be unservable). */
+static bool try_stabilize_ex(pbft_replica *r, ckpt *c, bool force)
 {
     if (c->seq <= r->h)
-        return;
+        return false;
     pbft_msg *proof[r->n];
     for (uint32_t i = 0; i < r->n; i++) {
         pbft_msg *m = c->msgs[i];
@@ -431,67 +468,171 @@ static void try_stabilize(pbft_replica *r, ckpt *c)
             continue;
         const uint8_t *d = m->u.checkpoint->state_digest.data;
         if (c->own && !digest_eq(c->own_digest, d))
-            r->rejected++; /* our state differs from a quorum's: theirs is authoritative */
-        if (!c->own && r->last_executed < c->seq) {
+            reject(r, PBFT_REJ_BAD_CHECKPOINT); /* our own: a quorum certified another state */
+        if (!force && r->fetching && c->seq > r->fetching)
+            return false; /* a fetch in progress is not replaced */
+        if (!force && !c->own && r->last_executed < c->seq) {
             /* Behind.  If every slot up to seq is committed we are only slow:
-             * let execution catch up and produce our own checkpoint. */
+             * let execution catch up and produce our own checkpoint.  That
+             * holds from a checkpoint being fetched as well: restarting the
+             * fetch for every newer checkpoint would never finish one under
+             * load. */
+            uint64_t from = r->fetching > r->last_executed ? r->fetching : r->last_executed;
             bool can_catch_up = true;
-            for (uint64_t q = r->last_executed + 1; q <= c->seq && can_catch_up; q++) {
+            for (uint64_t q = from + 1; q <= c->seq && can_catch_up; q++) {
                 slot *s = slot_at(r, q);
                 can_catch_up = s->seq == q && s->committed && s->pp;
             }
             if (can_catch_up)
-                return;
+                return false;
         }
         uint8_t digest[FB_DIGEST_LEN];
         memcpy(digest, d, FB_DIGEST_LEN);
         make_stable(r, c->seq, digest, proof, r->quorum); /* fetches if we are behind */
-        return;
+        return true;
     }
+    return false;
+}
+
+static void try_stabilize(pbft_replica *r, ckpt *c)
+{
+    (void)try_stabilize_ex(r, c, false);
+}
+
+/* A fetch in progress is not replaced by a newer certified checkpoint: the
+ * peers keep the state being fetched while it is asked for, and restarting
+ * for every newer checkpoint would never finish one under load.  Once it is
+ * installed (or no peer can serve it) the newest certified one is taken up
+ * (stabilize_newer). */
+
+/* The newest checkpoint above our window that a quorum of each sender's
+ * newest CHECKPOINTs agree on becomes stable (we are far behind). */
+static bool far_stabilize(pbft_replica *r)
+{
+    pbft_msg *proof[r->n], *best[r->n];
+    uint32_t nbest = 0;
+    for (uint32_t i = 0; i < r->n; i++) {
+        pbft_msg *m = r->far_ckpt[i];
+        if (!m || (nbest && m->u.checkpoint->seq <= best[0]->u.checkpoint->seq))
+            continue;
+        uint32_t k = 0;
+        for (uint32_t j = 0; j < r->n; j++) {
+            pbft_msg *x = r->far_ckpt[j];
+            if (x && x->u.checkpoint->seq == m->u.checkpoint->seq &&
+                digest_eq(x->u.checkpoint->state_digest.data, m->u.checkpoint->state_digest.data))
+                proof[k++] = x;
+        }
+        if (k >= r->quorum) {
+            memcpy(best, proof, k * sizeof *proof);
+            nbest = k;
+        }
+    }
+    if (!nbest)
+        return false;
+    uint8_t d[FB_DIGEST_LEN];
+    memcpy(d, best[0]->u.checkpoint->state_digest.data, FB_DIGEST_LEN);
+    make_stable(r, best[0]->u.checkpoint->seq, d, best, nbest);
+    return true;
+}
+
+/* Take up the newest certified checkpoint above seq, newest first (older ones
+ * may lack a quorum yet); force: even one the log could reach. */
+static bool stabilize_newer(pbft_replica *r, uint64_t seq, bool force)
+{
+    if (far_stabilize(r))
+        return true;
+    ckpt *best = NULL;
+    for (uint32_t i = 0; i < r->nckpts; i++) {
+        ckpt *c = &r->ckpts[i];
+        if (c->seq > seq && (!best || c->seq > best->seq))
+            best = c;
+    }
+    while (best) {
+        if (try_stabilize_ex(r, best, force))
+            return true;
+        ckpt *next = NULL;
+        for (uint32_t i = 0; i < r->nckpts; i++) {
+            ckpt *c = &r->ckpts[i];
+            if (c->seq > seq && c->seq < best->seq && (!next || c->seq > next->seq))
+                next = c;
+        }
+        best = next;
+    }
+    return false;
+}
+
+/* No peer can serve the checkpoint we fetch (each keeps the state of only its
+ * last few checkpoints, and none after a restart): a newer checkpoint that a
+ * quorum certified replaces it, or the fetch would wait for ever. */
+static void on_fetch_failed(pbft_replica *r, uint64_t seq)
+{
+    if (!r->fetching || r->fetching != seq)
+        return;
+    (void)stabilize_newer(r, seq, true);
 }
 
 static void on_checkpoint(pbft_replica *r, pbft_msg *m)
 {
     const Fedbft__Checkpoint *cp = m->u.checkpoint;
-    if (cp->seq == 0 || cp->seq % r->cfg.checkpoint_interval != 0 || cp->seq <= r->h) {
-        r->rejected++;
+    if (cp->seq == 0 || cp->seq % r->cfg.checkpoint_interval != 0) {
+        reject(r, PBFT_REJ_BAD_CHECKPOINT);
+        return;
+    }
+    if (cp->seq <= r->h) {
+        /* Peers re-send the CHECKPOINT of their stable checkpoint (to bring
+         * laggards along): ours already, so a duplicate. */
+        bool known = cp->seq == r->h && digest_eq(cp->state_digest.data, r->h_digest);
+        reject(r, known ? PBFT_REJ_DUPLICATE : PBFT_REJ_WATERMARK);
         return;
     }
     if (cp->seq > high_mark(r)) {
         /* Beyond our window: remember each sender's newest; a quorum of
          * them proves we are far behind. */
         pbft_msg *old = r->far_ckpt[m->sender];
-        if (old && old->u.checkpoint->seq >= cp->seq)
+        if (old && old->u.checkpoint->seq >= cp->seq) {
+            bool same = old->u.checkpoint->seq > cp->seq ||
+                        digest_eq(old->u.checkpoint->state_digest.data, cp->state_digest.data);
+            reject(r, same ? PBFT_REJ_DUPLICATE : PBFT_REJ_BAD_CHECKPOINT);
             return;
+        }
         pbft_msg_unref(old);
         r->far_ckpt[m->sender] = pbft_msg_ref(m);
-        pbft_msg *proof[r->n];
-        uint32_t k = 0;
-        for (uint32_t i = 0; i < r->n; i++) {
-            pbft_msg *x = r->far_ckpt[i];
-            if (x && x->u.checkpoint->seq == cp->seq &&
-                digest_eq(x->u.checkpoint->state_digest.data, cp->state_digest.data))
-                proof[k++] = x;
-        }
-        if (k >= r->quorum) {
-            uint8_t d[FB_DIGEST_LEN];
-            memcpy(d, cp->state_digest.data, FB_DIGEST_LEN);
-            make_stable(r, cp->seq, d, proof, k);
-        }
+        if (!r->fetching) /* a fetch in progress is not replaced */
+            (void)far_stabilize(r);
         return;
     }
     ckpt *c = ckpt_for(r, cp->seq, true);
     if (!c) {
-        r->rejected++;
+        reject(r, PBFT_REJ_INVALID); /* cannot happen: the table covers the window */
         return;
     }
-    if (c->msgs[m->sender])
-        return; /* one per sender; a replica that changes its mind is ignored */
+    pbft_msg *held = c->msgs[m->sender];
+    if (held) {
+        /* one per sender; a replica that changes its mind is ignored */
+        bool same = digest_eq(held->u.checkpoint->state_digest.data, cp->state_digest.data);
+        reject(r, same ? PBFT_REJ_DUPLICATE : PBFT_REJ_BAD_CHECKPOINT);
+        return;
+    }
     c->msgs[m->sender] = pbft_msg_ref(m);
     try_stabilize(r, c);
 }
 
 /* We executed seq, a checkpoint: sign and broadcast our CHECKPOINT. */
+/* After a verified state install at the stable checkpoint: put our own
+ * CHECKPOINT into its certificate (in place of another sender's, so it stays
+ * a quorum of distinct senders), because retransmit re-sends only our own
+ * messages; a replica that reached h by state transfer would otherwise never
+ * re-send any CHECKPOINT for h, and in an idle cluster a wiped replica could
+ * then find no quorum to fetch from. */
+static void own_into_h_proof(pbft_replica *r, pbft_msg *m)
+{
+    for (uint32_t i = 0; i < r->nh_proof; i++)
+        if (r->h_proof[i]->sender == r->cfg.id)
+            return;
+    pbft_msg_unref(r->h_proof[r->nh_proof - 1]);
+    r->h_proof[r->nh_proof - 1] = pbft_msg_ref(m);
+}
+
 static void take_checkpoint(pbft_replica *r, uint64_t seq, const uint8_t app_digest[FB_DIGEST_LEN])
 {
     uint8_t *ct = NULL, digest[FB_DIGEST_LEN];
@@ -521,6 +662,8 @@ static void take_checkpoint(pbft_replica *r, uint64_t seq, const uint8_t app_dig
     broadcast(r, m);
     if (c)
         try_stabilize(r, c);
+    else if (seq == r->h && r->nh_proof && digest_eq(digest, r->h_digest))
+        own_into_h_proof(r, m);
     pbft_msg_unref(m);
 }
 
@@ -547,7 +690,7 @@ static void update_request_timer(pbft_replica *r);
 static void on_state_installed(pbft_replica *r, const pbft_event *ev)
 {
     if (!r->fetching || ev->installed.seq != r->fetching) {
-        r->rejected++;
+        reject(r, PBFT_REJ_INVALID);
         return;
     }
     uint8_t d[FB_DIGEST_LEN];
@@ -557,7 +700,7 @@ static void on_state_installed(pbft_replica *r, const pbft_event *ev)
         pbft_clients_import(&r->clients, ev->installed.client_table, ev->installed.client_table_len,
                             r->cfg.max_result_bytes) != 0) {
         /* The state we got does not match the certificate: ask again. */
-        r->rejected++;
+        reject(r, PBFT_REJ_INVALID);
         r->fetch_retry_at = r->now;
         return;
     }
@@ -565,14 +708,24 @@ static void on_state_installed(pbft_replica *r, const pbft_event *ev)
     if (r->last_committed < r->last_executed)
         r->last_committed = r->last_executed;
     r->fetching = 0;
+    if (r->last_executed == r->h)
+        take_checkpoint(r, r->h, ev->installed.app_digest); /* we hold that state now */
     r->exec_inflight = 0;
     for (uint32_t i = 0; i < r->cfg.log_window; i++) {
         slot *s = &r->slots[i];
         if (s->seq != 0 && s->seq <= r->last_executed)
             s->executed = true;
     }
-    for (uint32_t i = 0; i < r->clients.count; i++)
-        pbft_clients_clear_pending(&r->clients, &r->clients.recs[i], r->clients.recs[i].last_ts);
+    for (uint32_t i = 0; i < r->clients.count; i++) {
+        pbft_client *c = &r->clients.recs[i];
+        pbft_clients_clear_pending(&r->clients, c, c->last_ts);
+        if (c->pending)
+            c->pending_since = r->now; /* the request timer starts over from here */
+    }
+    r->request_at = NO_DEADLINE;
+    /* The cluster moved on while we fetched: the newest certified checkpoint
+     * (fetched too if the log cannot reach it). */
+    (void)stabilize_newer(r, r->h, false);
     try_execute(r);
     try_propose(r);
     update_request_timer(r);
@@ -651,7 +804,7 @@ static void on_executed(pbft_replica *r, const pbft_event *ev)
 {
     if (ev->executed.seq == 0) { /* read-only */
         if (!r->ro_inflight || ev->executed.nresults != 1 || r->nexec_reqs != 1) {
-            r->rejected++;
+            reject(r, PBFT_REJ_INVALID);
             return;
         }
         r->ro_inflight = false;
@@ -673,7 +826,7 @@ static void on_executed(pbft_replica *r, const pbft_event *ev)
         return;
     }
     if (ev->executed.seq != r->exec_inflight || ev->executed.nresults != r->nexec_reqs) {
-        r->rejected++;
+        reject(r, PBFT_REJ_INVALID);
         return;
     }
     uint64_t seq = r->exec_inflight;
@@ -781,7 +934,8 @@ static void prepare_if_ready(pbft_replica *r, slot *s)
         s->cert_prepares[s->ncert++] = pbft_msg_ref(cert[i]);
         persist_msg(r, cert[i]);
     }
-    send_commit(r, s);
+    if (!abstains(r, s->seq))
+        send_commit(r, s);
     commit_if_ready(r, s);
 }
 
@@ -829,7 +983,7 @@ static void install_pre_prepare(pbft_replica *r, slot *s, pbft_msg *pp, uint64_t
             pbft_clients_dequeue(&r->clients, c);
         }
     }
-    if (primary_of(r, view) != r->cfg.id)
+    if (primary_of(r, view) != r->cfg.id && !abstains(r, s->seq))
         send_prepare(r, s);
     prepare_if_ready(r, s);
 }
@@ -840,23 +994,33 @@ static void install_pre_prepare(pbft_replica *r, slot *s, pbft_msg *pp, uint64_t
 static void on_pre_prepare(pbft_replica *r, pbft_msg *m)
 {
     const Fedbft__PrePrepare *pp = m->u.pre_prepare;
-    if (r->view_changing || pp->view != r->view || m->sender != primary_of(r, r->view) ||
-        is_primary(r)) {
-        r->rejected++;
+    if (r->view_changing || pp->view != r->view) {
+        reject(r, PBFT_REJ_STALE_VIEW);
         return;
     }
-    slot *s = pp->n_requests <= r->cfg.batch_max_requests ? slot_for(r, pp->seq) : NULL;
+    if (m->sender != primary_of(r, r->view)) {
+        reject(r, PBFT_REJ_NOT_PRIMARY);
+        return;
+    }
+    if (is_primary(r) || pp->n_requests > r->cfg.batch_max_requests) {
+        /* our own sent back to us, or a batch larger than the cluster allows */
+        reject(r, PBFT_REJ_INVALID);
+        return;
+    }
+    slot *s = slot_for(r, pp->seq);
     if (!s) {
-        r->rejected++; /* outside the watermarks, or a batch larger than the cluster allows */
+        reject(r, PBFT_REJ_WATERMARK);
         return;
     }
     if (s->pp && s->pp_view == pp->view) {
-        if (!digest_eq(pp_digest(s->pp), pp->digest.data))
-            r->rejected++; /* equivocation: the request timer will replace this primary */
+        /* A second digest for (view, seq) is equivocation: the first stays
+         * and the request timer will replace this primary. */
+        bool same = digest_eq(pp_digest(s->pp), pp->digest.data);
+        reject(r, same ? PBFT_REJ_DUPLICATE : PBFT_REJ_EQUIVOCATION);
         return;
     }
     if (s->executed && s->pp && !digest_eq(pp_digest(s->pp), pp->digest.data)) {
-        r->rejected++;
+        reject(r, PBFT_REJ_INVALID); /* contradicts what we executed: > f faults */
         return;
     }
     install_pre_prepare(r, s, m, pp->view);
@@ -890,26 +1054,70 @@ static bool late_vote(const pbft_replica *r, const slot *s)
     return s->committed && r->now >= s->committed_at + r->cfg.retransmit_ms;
 }
 
+/* The view and digest a PREPARE or COMMIT votes for. */
+static void vote_of(const pbft_msg *m, uint64_t *view, const uint8_t **digest)
+{
+    if (m->type == FEDBFT__MSG_TYPE__MSG_PREPARE) {
+        *view = m->u.prepare->view;
+        *digest = m->u.prepare->digest.data;
+    } else {
+        *view = m->u.commit->view;
+        *digest = m->u.commit->digest.data;
+    }
+}
+
+/* Compare vote m with the one its sender already cast in this slot (*held).
+ * A held vote from an older view (a restored slot can hold one) is dropped.
+ * Returns DUPLICATE for the same vote again, EQUIVOCATION for another digest
+ * in the same view, or PBFT_REJ_COUNT when m is the sender's first vote. */
+static pbft_reject vote_conflict(pbft_msg **held, const pbft_msg *m)
+{
+    if (!*held)
+        return PBFT_REJ_COUNT;
+    uint64_t hv, v;
+    const uint8_t *hd, *d;
+    vote_of(*held, &hv, &hd);
+    vote_of(m, &v, &d);
+    if (hv < v) {
+        pbft_msg_unref(*held);
+        *held = NULL;
+        return PBFT_REJ_COUNT;
+    }
+    return digest_eq(hd, d) ? PBFT_REJ_DUPLICATE : PBFT_REJ_EQUIVOCATION;
+}
+
 static void on_prepare(pbft_replica *r, pbft_msg *m)
 {
     const Fedbft__Prepare *p = m->u.prepare;
-    if (r->view_changing || p->view != r->view || m->sender == primary_of(r, p->view)) {
-        r->rejected++;
+    if (r->view_changing || p->view != r->view) {
+        reject(r, PBFT_REJ_STALE_VIEW);
+        return;
+    }
+    if (m->sender == primary_of(r, p->view)) {
+        reject(r, PBFT_REJ_INVALID); /* the primary's PRE-PREPARE is its prepare */
         return;
     }
     slot *s = slot_for(r, p->seq);
     if (!s) {
-        r->rejected++;
+        reject(r, PBFT_REJ_WATERMARK);
         return;
     }
-    if (s->prepares[m->sender] || late_vote(r, s)) {
+    pbft_msg **held = &s->prepares[m->sender];
+    pbft_reject why = vote_conflict(held, m);
+    if (why == PBFT_REJ_EQUIVOCATION) {
+        reject(r, why); /* the first vote stands */
+        return;
+    }
+    if (why == PBFT_REJ_DUPLICATE || late_vote(r, s)) {
         /* a re-sent vote, or a first vote long after we finished the slot:
          * the sender is behind on it */
         help_laggard(r, s, m->sender);
-        if (s->prepares[m->sender])
+        if (why == PBFT_REJ_DUPLICATE) {
+            reject(r, why);
             return;
+        }
     }
-    s->prepares[m->sender] = pbft_msg_ref(m);
+    *held = pbft_msg_ref(m);
     prepare_if_ready(r, s);
 }
 
@@ -917,20 +1125,28 @@ static void on_commit(pbft_replica *r, pbft_msg *m)
 {
     const Fedbft__Commit *c = m->u.commit;
     if (r->view_changing || c->view != r->view) {
-        r->rejected++;
+        reject(r, PBFT_REJ_STALE_VIEW);
         return;
     }
     slot *s = slot_for(r, c->seq);
     if (!s) {
-        r->rejected++;
+        reject(r, PBFT_REJ_WATERMARK);
         return;
     }
-    if (s->commits[m->sender] || late_vote(r, s)) {
-        help_laggard(r, s, m->sender);
-        if (s->commits[m->sender])
-            return;
+    pbft_msg **held = &s->commits[m->sender];
+    pbft_reject why = vote_conflict(held, m);
+    if (why == PBFT_REJ_EQUIVOCATION) {
+        reject(r, why);
+        return;
     }
-    s->commits[m->sender] = pbft_msg_ref(m);
+    if (why == PBFT_REJ_DUPLICATE || late_vote(r, s)) {
+        help_laggard(r, s, m->sender);
+        if (why == PBFT_REJ_DUPLICATE) {
+            reject(r, why);
+            return;
+        }
+    }
+    *held = pbft_msg_ref(m);
     commit_if_ready(r, s);
 }
 
@@ -940,7 +1156,8 @@ static void on_commit(pbft_replica *r, pbft_msg *m)
  * in flight, or when its oldest request has waited batch_max_delay_ms. */
 static void try_propose(pbft_replica *r)
 {
-    while (is_primary(r) && !r->view_changing && !r->fetching && r->clients.q_head) {
+    while (is_primary(r) && !r->view_changing && !r->fetching && r->clients.q_head &&
+           !abstains(r, r->next_seq)) {
         uint64_t inflight = r->next_seq - 1 - r->last_executed;
         if (r->next_seq > high_mark(r) || inflight >= r->cfg.max_inflight)
             return;
@@ -995,7 +1212,7 @@ static void on_request(pbft_replica *r, pbft_msg *m, bool from_client)
     const Fedbft__Request *rq = m->u.request;
     pbft_client *c = pbft_clients_get(&r->clients, rq->client);
     if (!c) {
-        r->rejected++;
+        reject(r, PBFT_REJ_INVALID); /* the client table is full */
         return;
     }
     if (rq->timestamp < c->last_ts)
@@ -1007,7 +1224,7 @@ static void on_request(pbft_replica *r, pbft_msg *m, bool from_client)
     }
     if (rq->read_only) {
         if (!from_client || r->ro_count == MAX_READONLY) {
-            r->rejected++;
+            reject(r, PBFT_REJ_INVALID); /* relayed by a replica, or no room */
             return;
         }
         r->ro_queue[(r->ro_head + r->ro_count++) % MAX_READONLY] = pbft_msg_ref(m);
@@ -1022,7 +1239,7 @@ static void on_request(pbft_replica *r, pbft_msg *m, bool from_client)
         return;
     }
     if (r->clients.npending >= r->cfg.max_pending) {
-        r->rejected++;
+        reject(r, PBFT_REJ_INVALID); /* no room: the client retries */
         return;
     }
     pbft_clients_set_pending(&r->clients, c, m, r->now);
@@ -1108,6 +1325,10 @@ static void try_new_view(pbft_replica *r);
 /* Persist where we stand and our VIEW-CHANGE for it, then send it. */
 static void vote_for_view(pbft_replica *r)
 {
+    if (abstains_from_views(r)) {
+        persist_view(r); /* where we stand, without a vote */
+        return;
+    }
     pbft_msg *m = build_view_change(r);
     persist_view(r);
     persist_msg(r, m);
@@ -1166,7 +1387,7 @@ static void install_new_view(pbft_replica *r, pbft_msg *nv, pbft_new_view_info *
  * announce NEW-VIEW. */
 static void try_new_view(pbft_replica *r)
 {
-    if (!r->view_changing || primary_of(r, r->view) != r->cfg.id)
+    if (!r->view_changing || primary_of(r, r->view) != r->cfg.id || abstains_from_views(r))
         return;
     pbft_msg *vcs[r->n];
     uint32_t k = 0;
@@ -1178,7 +1399,7 @@ static void try_new_view(pbft_replica *r)
     pbft_o_set o;
     char why[160];
     if (pbft_vc_compute_o(&r->params, r->view, vcs, k, &r->digests, &o, why, sizeof why) != 0) {
-        r->rejected++;
+        reject(r, PBFT_REJ_BAD_VIEW_CHANGE);
         return;
     }
     pbft_msg *nv = NULL;
@@ -1192,8 +1413,8 @@ static void try_new_view(pbft_replica *r)
     rc = pbft_vc_check_new_view(&r->params, nv, &lk, &r->digests, &info, why, sizeof why);
     if (rc != 0)
         abort(); /* we built it from checked parts: a failure is a bug */
+    /* Installing it also broadcasts it, ahead of our first proposals. */
     install_new_view(r, nv, &info);
-    broadcast(r, nv);
     pbft_new_view_info_free(&info);
     pbft_msg_unref(nv);
 }
@@ -1209,6 +1430,11 @@ static void install_new_view(pbft_replica *r, pbft_msg *nv, pbft_new_view_info *
     r->new_view = pbft_msg_ref(nv);
     persist_msg(r, nv);
     persist_view(r);
+    /* The new primary announces the view before it proposes in it: a
+     * PRE-PREPARE arriving ahead of the NEW-VIEW would be refused as stale
+     * and wait for a retransmission. */
+    if (is_primary(r))
+        broadcast(r, nv);
     if (info->min_s > r->h)
         make_stable(r, info->min_s, info->min_s_digest, info->min_s_proof, (uint32_t)info->nproof);
     uint64_t max_s = info->min_s + info->npre_prepares;
@@ -1227,7 +1453,7 @@ static void install_new_view(pbft_replica *r, pbft_msg *nv, pbft_new_view_info *
         if (!s)
             continue;
         if (s->executed && s->pp && !digest_eq(pp_digest(s->pp), pp_digest(pp))) {
-            r->rejected++; /* cannot happen with f or fewer faults */
+            reject(r, PBFT_REJ_BAD_NEW_VIEW); /* cannot happen with f or fewer faults */
             continue;
         }
         install_pre_prepare(r, s, pp, r->view);
@@ -1258,6 +1484,9 @@ static void install_new_view(pbft_replica *r, pbft_msg *nv, pbft_new_view_info *
     }
     r->vc_at = NO_DEADLINE;
     r->request_at = NO_DEADLINE;
+    /* The cluster moved on while we fetched: the newest certified checkpoint
+     * (fetched too if the log cannot reach it). */
+    (void)stabilize_newer(r, r->h, false);
     try_execute(r);
     try_propose(r);
     update_request_timer(r);
@@ -1270,16 +1499,22 @@ static void on_view_change(pbft_replica *r, pbft_msg *m)
         /* A replica still asking for the view we are in missed the NEW-VIEW. */
         if (vc->new_view == r->view && r->new_view && is_primary(r))
             send_to(r, m->sender, r->new_view);
+        reject(r, PBFT_REJ_STALE_VIEW);
         return;
     }
     char why[160];
     if (pbft_vc_check(&r->params, m, &r->digests, why, sizeof why) != 0) {
-        r->rejected++;
+        reject(r, PBFT_REJ_BAD_VIEW_CHANGE);
         return;
     }
     pbft_msg *old = r->vcs[m->sender];
-    if (old && old->u.view_change->new_view >= vc->new_view)
+    if (old && old->u.view_change->new_view >= vc->new_view) {
+        bool same = old->raw_len == m->raw_len && memcmp(old->raw, m->raw, m->raw_len) == 0;
+        reject(r, old->u.view_change->new_view > vc->new_view ? PBFT_REJ_STALE_VIEW
+                  : same                                      ? PBFT_REJ_DUPLICATE
+                                                              : PBFT_REJ_BAD_VIEW_CHANGE);
         return;
+    }
     pbft_msg_unref(old);
     r->vcs[m->sender] = pbft_msg_ref(m);
     maybe_join(r);
@@ -1290,14 +1525,22 @@ static void on_view_change(pbft_replica *r, pbft_msg *m)
 static void on_new_view(pbft_replica *r, pbft_msg *m)
 {
     const Fedbft__NewView *nv = m->u.new_view;
-    if (nv->view < r->view || (nv->view == r->view && !r->view_changing) || nv->view == 0) {
+    if (nv->view == 0) {
+        reject(r, PBFT_REJ_BAD_NEW_VIEW);
+        return;
+    }
+    if (nv->view < r->view || (nv->view == r->view && !r->view_changing)) {
+        /* the primary re-sends the NEW-VIEW while some replica lags */
+        bool same = r->new_view && r->new_view->raw_len == m->raw_len &&
+                    memcmp(r->new_view->raw, m->raw, m->raw_len) == 0;
+        reject(r, same ? PBFT_REJ_DUPLICATE : PBFT_REJ_STALE_VIEW);
         return;
     }
     pbft_new_view_info info;
     char why[160];
     pbft_req_lookup lk = pbft_request_lookup(r);
     if (pbft_vc_check_new_view(&r->params, m, &lk, &r->digests, &info, why, sizeof why) != 0) {
-        r->rejected++;
+        reject(r, PBFT_REJ_BAD_NEW_VIEW);
         return;
     }
     if (nv->view > r->view) {
@@ -1387,7 +1630,9 @@ static void on_time(pbft_replica *r)
     }
     if (r->request_at != NO_DEADLINE && r->now >= r->request_at) {
         r->request_at = NO_DEADLINE;
-        if (!r->view_changing && r->clients.npending > 0)
+        /* Not while fetching state: then we are the slow one, not the
+         * primary (the timer starts again once the state is installed). */
+        if (!r->view_changing && r->clients.npending > 0 && !r->fetching)
             start_view_change(r, r->view + 1); /* the primary stalls or equivocates */
     }
     if (r->batch_at != NO_DEADLINE && r->now >= r->batch_at) {
@@ -1528,7 +1773,7 @@ void pbft_free(pbft_replica *r)
 static void on_message(pbft_replica *r, pbft_msg *m)
 {
     if (m->type != FEDBFT__MSG_TYPE__MSG_REQUEST && m->sender >= r->n) {
-        r->rejected++;
+        reject(r, PBFT_REJ_INVALID);
         return;
     }
     switch (m->type) {
@@ -1554,7 +1799,7 @@ static void on_message(pbft_replica *r, pbft_msg *m)
         on_new_view(r, m);
         break;
     default:
-        r->rejected++;
+        reject(r, PBFT_REJ_INVALID);
         break;
     }
 }
@@ -1572,7 +1817,8 @@ const pbft_action *pbft_step(pbft_replica *r, const pbft_event *ev, size_t *nact
         r->restored = false;
         r->retransmit_at = r->now;
         pbft_msg *own = r->vcs[r->cfg.id];
-        if (r->view_changing && (!own || own->u.view_change->new_view != r->view))
+        if (r->view_changing && (!own || own->u.view_change->new_view != r->view) &&
+            !abstains_from_views(r))
             vote_for_view(r);
         arm_view_change_timer(r);
     } else if (r->retransmit_at == 0) {
@@ -1587,7 +1833,7 @@ const pbft_action *pbft_step(pbft_replica *r, const pbft_event *ev, size_t *nact
         if (ev->msg && ev->msg->type == FEDBFT__MSG_TYPE__MSG_REQUEST)
             on_request(r, ev->msg, true);
         else
-            r->rejected++;
+            reject(r, PBFT_REJ_INVALID);
         break;
     case PBFT_EV_EXECUTED:
         on_executed(r, ev);
@@ -1599,6 +1845,9 @@ const pbft_action *pbft_step(pbft_replica *r, const pbft_event *ev, size_t *nact
         break;
     case PBFT_EV_VIEW_CHANGE:
         start_view_change(r, r->view + 1);
+        break;
+    case PBFT_EV_FETCH_FAILED:
+        on_fetch_failed(r, ev->installed.seq);
         break;
     }
     on_time(r);
@@ -1694,7 +1943,7 @@ static void restore_certs(pbft_replica *r)
         /* Our own votes were not persisted: they follow from what was
          * (deterministic signatures make them the same bytes), and the first
          * retransmission sends them again. */
-        if (r->view_changing || s->pp_view != r->view || s->executed)
+        if (r->view_changing || s->pp_view != r->view || s->executed || abstains(r, s->seq))
             continue;
         if (primary != r->cfg.id && !s->prepares[r->cfg.id])
             own_prepare(r, s);
@@ -1766,6 +2015,10 @@ int pbft_restore(pbft_replica *r, const pbft_record *recs, size_t nrecs, uint64_
         if (rec->kind == PBFT_REC_VIEW) {
             r->view = rec->view;
             r->view_changing = rec->view_changing;
+        } else if (rec->kind == PBFT_REC_ABSTAIN) {
+            r->abstain_pending = false;
+            if (rec->seq > r->abstain_until)
+                r->abstain_until = rec->seq;
         } else if (rec->kind == PBFT_REC_MSG && rec->msg &&
                    rec->msg->type != FEDBFT__MSG_TYPE__MSG_CHECKPOINT) {
             restore_msg(r, rec->msg);
@@ -1793,6 +2046,11 @@ int pbft_restore(pbft_replica *r, const pbft_record *recs, size_t nrecs, uint64_
     if (r->last_executed < r->h)
         start_fetch(r, r->h, r->h_digest);
     return 0;
+}
+
+void pbft_abstain_after_wipe(pbft_replica *r)
+{
+    r->abstain_pending = true;
 }
 
 /* ------------------------------------------------------------ queries */
@@ -1847,6 +2105,14 @@ void pbft_stable_checkpoint(const pbft_replica *r, uint64_t *seq, uint8_t digest
     *nproof = r->nh_proof;
 }
 
+pbft_msg *pbft_current_new_view(const pbft_replica *r)
+{
+    if (r->view_changing || !is_primary(r) || !r->new_view ||
+        r->new_view->u.new_view->view != r->view)
+        return NULL;
+    return r->new_view;
+}
+
 void pbft_get_progress(const pbft_replica *r, pbft_progress *out)
 {
     out->view = r->view;
@@ -1873,8 +2139,29 @@ void pbft_get_status(const pbft_replica *r, pbft_status *out)
     out->pending_requests = r->clients.npending;
     out->view_changes = r->view_changes;
     out->fetching_seq = r->fetching;
+    out->abstain_pending = r->abstain_pending;
+    out->abstain_until = r->abstain_until;
     out->digests = r->digests;
     for (uint32_t i = 0; i < r->cfg.log_window; i++)
         out->log_entries += r->slots[i].seq != 0;
-    out->rejected = r->rejected;
+    for (int i = 0; i < PBFT_REJ_COUNT; i++) {
+        out->rejected_by[i] = r->rejected_by[i];
+        out->rejected += r->rejected_by[i];
+    }
+}
+
+const char *pbft_reject_name(pbft_reject why)
+{
+    static const char *const names[PBFT_REJ_COUNT] = {
+        [PBFT_REJ_STALE_VIEW] = "stale_view",
+        [PBFT_REJ_NOT_PRIMARY] = "not_primary",
+        [PBFT_REJ_EQUIVOCATION] = "equivocation",
+        [PBFT_REJ_WATERMARK] = "watermark",
+        [PBFT_REJ_DUPLICATE] = "duplicate",
+        [PBFT_REJ_BAD_VIEW_CHANGE] = "invalid_view_change",
+        [PBFT_REJ_BAD_NEW_VIEW] = "invalid_new_view",
+        [PBFT_REJ_BAD_CHECKPOINT] = "invalid_checkpoint",
+        [PBFT_REJ_INVALID] = "invalid",
+    };
+    return (unsigned)why < PBFT_REJ_COUNT ? names[why] : "unknown";
 }

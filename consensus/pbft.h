@@ -96,6 +96,8 @@ typedef enum pbft_event_kind {
     PBFT_EV_EXECUTED,        /* an EXECUTE (or read-only execute) finished */
     PBFT_EV_STATE_INSTALLED, /* a FETCH_STATE finished: the state at seq is installed */
     PBFT_EV_VIEW_CHANGE,     /* an operator asks this replica to vote for the next view */
+    PBFT_EV_FETCH_FAILED,    /* installed.seq: no peer could serve that checkpoint (they
+                                keep only recent ones): move to a newer certified one */
 } pbft_event_kind;
 
 typedef struct pbft_result {
@@ -115,7 +117,7 @@ typedef struct pbft_event {
         uint8_t app_digest[FB_DIGEST_LEN]; /* state digest after seq (checkpoint seqs) */
     } executed;
     struct {
-        uint64_t seq;
+        uint64_t seq;                      /* STATE_INSTALLED, FETCH_FAILED */
         uint8_t app_digest[FB_DIGEST_LEN]; /* digest of the installed application state */
         const uint8_t *client_table;       /* the client table blob fetched with it */
         size_t client_table_len;
@@ -130,7 +132,9 @@ typedef enum pbft_action_kind {
     PBFT_ACT_PERSIST,     /* record must be durable before later actions */
     PBFT_ACT_EXECUTE,     /* apply a committed batch */
     PBFT_ACT_REPLY,       /* answer a client */
-    PBFT_ACT_FETCH_STATE, /* fetch the checkpoint state at seq from peers */
+    PBFT_ACT_FETCH_STATE, /* fetch the checkpoint state at seq from peers; re-issued
+                             (same seq) every second until installed: the node must
+                             carry on with a transfer in progress, not restart it */
     PBFT_ACT_TIMER,       /* next deadline: step a TICK at or after `at_ms` */
 } pbft_action_kind;
 
@@ -141,6 +145,8 @@ typedef enum pbft_record_kind {
                           proves it is logged just before this record).  Records about
                           seqs <= it may go, except this record and the CHECKPOINTs for
                           seq itself; pbft_restore also accepts a log collected so */
+    PBFT_REC_ABSTAIN,  /* seq: after a wipe, the replica votes for nothing <= seq
+                          (pbft_abstain_after_wipe); keep it */
 } pbft_record_kind;
 
 typedef struct pbft_record {
@@ -198,6 +204,20 @@ void pbft_free(pbft_replica *r);
 int pbft_restore(pbft_replica *r, const pbft_record *recs, size_t nrecs, uint64_t last_executed,
                  const uint8_t *client_table, size_t client_table_len);
 
+/* The replica's log was wiped (`fedbft run --resync`): before the wipe it
+ * may have voted for any seq up to its old stable checkpoint + L, and it
+ * remembers none of it, so a vote now could contradict one it sent then.
+ * Until it knows a stable checkpoint S (fetched or executed), and from then
+ * on for every seq <= S + L, it sends no PRE-PREPARE, PREPARE or COMMIT; and
+ * no VIEW-CHANGE or NEW-VIEW while its stable checkpoint is below S + L.  It
+ * still executes (committing on the others' votes alone), checkpoints and
+ * serves state.  S + L is persisted as a PBFT_REC_ABSTAIN record, which
+ * pbft_restore honours; until that record exists the node calls this again
+ * at every start.  Assumes S is at least the stable checkpoint it had before
+ * the wipe, which holds when it rejoins a cluster that went on without it.
+ * Call after pbft_new, before pbft_restore. */
+void pbft_abstain_after_wipe(pbft_replica *r);
+
 /* Step one event.  Returns the actions (borrowed until the next call). */
 const pbft_action *pbft_step(pbft_replica *r, const pbft_event *ev, size_t *nactions);
 
@@ -224,6 +244,53 @@ int pbft_parse(pbft_replica *r, const uint8_t *raw, size_t len, pbft_msg **out, 
 void pbft_stable_checkpoint(const pbft_replica *r, uint64_t *seq, uint8_t digest[FB_DIGEST_LEN],
                             pbft_msg *const **proof, size_t *nproof);
 
+/* Why the replica dropped a message (or refused an event).  Every drop is
+ * counted under exactly one reason; pbft_status.rejected is their sum.
+ *  STALE_VIEW   for a view other than the one the replica is active in (an
+ *               older one, or any while it is changing view); late votes and
+ *               VIEW-CHANGE retransmissions for a finished view land here.
+ *  NOT_PRIMARY  a PRE-PREPARE from a replica that is not the view's primary.
+ *  EQUIVOCATION a replica sent two different PRE-PREPAREs, PREPAREs or COMMITs
+ *               for the same (view, seq): the first one is kept.  A correct
+ *               replica never does this, even across a crash.
+ *  WATERMARK    a sequence number outside the log window (h, h + L]: too old
+ *               (at or below the stable checkpoint) or too far ahead.
+ *  DUPLICATE    an identical copy of a message the replica already holds.
+ *               Retransmissions are duplicates too (a replica re-sends its
+ *               unfinished votes, CHECKPOINT and VIEW-CHANGE every
+ *               retransmit_ms), so this counter grows in a healthy cluster.
+ *  BAD_VIEW_CHANGE, BAD_NEW_VIEW, BAD_CHECKPOINT
+ *               a VIEW-CHANGE / NEW-VIEW / CHECKPOINT whose contents fail the
+ *               protocol's checks (proofs, sequence numbers; a CHECKPOINT
+ *               that contradicts the same sender's earlier one; our own
+ *               checkpoint when a quorum certified a different digest).
+ *  INVALID      everything else: malformed for its type, a sender out of
+ *               range, a request the replica has no room for, an executor or
+ *               state-transfer event that does not fit. */
+typedef enum pbft_reject {
+    PBFT_REJ_STALE_VIEW,
+    PBFT_REJ_NOT_PRIMARY,
+    PBFT_REJ_EQUIVOCATION,
+    PBFT_REJ_WATERMARK,
+    PBFT_REJ_DUPLICATE,
+    PBFT_REJ_BAD_VIEW_CHANGE,
+    PBFT_REJ_BAD_NEW_VIEW,
+    PBFT_REJ_BAD_CHECKPOINT,
+    PBFT_REJ_INVALID,
+    PBFT_REJ_COUNT
+} pbft_reject;
+
+/* "stale_view", "not_primary", "equivocation", "watermark", "duplicate",
+ * "invalid_view_change", "invalid_new_view", "invalid_checkpoint", "invalid"
+ * (the metric label values); "unknown" out of range. */
+const char *pbft_reject_name(pbft_reject why);
+
+/* The NEW-VIEW that installed the current view, when this replica is that
+ * view's primary and not changing view (borrowed; valid until the next
+ * pbft_step), else NULL.  A replica heard voting in an older view missed it:
+ * the node may send it this, which it verifies and adopts. */
+pbft_msg *pbft_current_new_view(const pbft_replica *r);
+
 typedef struct pbft_status {
     uint32_t id, n, f, quorum;
     uint64_t view;
@@ -237,8 +304,11 @@ typedef struct pbft_status {
     uint64_t view_changes; /* view changes this replica completed */
     uint64_t fetching_seq; /* state transfer in progress to this seq, 0 if none */
     pbft_digest_stats digests;
-    uint64_t log_entries; /* sequence slots held in memory (bounded by L) */
-    uint64_t rejected;    /* messages dropped by the acceptance rules */
+    uint64_t log_entries;   /* sequence slots held in memory (bounded by L) */
+    uint64_t rejected;      /* messages dropped by the acceptance rules (sum of rejected_by) */
+    bool abstain_pending;   /* wiped, no stable checkpoint known yet: votes for nothing */
+    uint64_t abstain_until; /* votes for no seq <= this (pbft_abstain_after_wipe); 0 = none */
+    uint64_t rejected_by[PBFT_REJ_COUNT];
 } pbft_status;
 
 void pbft_get_status(const pbft_replica *r, pbft_status *out);

@@ -5,7 +5,12 @@
 #include "config.h"
 #include "fb_error.h"
 
+#include "bench_hist.h"
+
+#include <ctype.h>
+#include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,8 +20,9 @@ void cmd_client_usage(FILE *out)
 {
     fprintf(out,
             "Usage: fedbft client --cluster FILE --key KEYFILE COMMAND ARGS\n"
-            "       fedbft client --cluster FILE --keys DIR load [--writes N] [--concurrency C]\n"
-            "                     [--value-size B]\n\n"
+            "       fedbft client --cluster FILE --keys DIR load [--writes N | --duration S]\n"
+            "                     [--concurrency C] [--value-size B] [--prefix P]\n"
+            "                     [--acked FILE] [--keep-going]\n\n"
             "A BFT client: signs each request with the client's key, sends it to the\n"
             "replicas, and prints the result once f+1 replicas agree (2f+1 for a fast read).\n\n"
             "Commands:\n"
@@ -32,15 +38,41 @@ void cmd_client_usage(FILE *out)
             "                            operation, run by every replica's batcher, and\n"
             "                            accepted once f+1 replicas return the same output\n"
             "                            digest (prints the text; who agreed on stderr)\n"
-            "  load                      write N keys with C clients at once (keys\n"
-            "                            DIR/client0/node.key ... as 'cluster init' makes them)\n"
-            "                            and print writes per second and latencies\n\n"
+            "  load                      a write load from C clients at once (keys\n"
+            "                            DIR/client0/node.key ... as 'cluster init' makes\n"
+            "                            them), each with one write outstanding: puts\n"
+            "                            PREFIX-0, PREFIX-1, ... in the order issued; write\n"
+            "                            n's value is n padded with 'v' to B bytes\n\n"
             "Options:\n"
             "  --cluster FILE   cluster.json (required)\n"
             "  --key KEYFILE    the client's secret key, listed in cluster.json \"clients\"\n"
             "  --keys DIR       for load: directory of client key directories\n"
-            "  --timeout MS     give up after MS milliseconds (default 30000)\n\n"
-            "Exit status: 0 ok, 3 key not found, 4 compare-and-swap mismatch, 1 error.\n");
+            "  --timeout MS     give up on a request after MS milliseconds (default 30000)\n\n"
+            "Load options:\n"
+            "  --writes N       issue N writes (default 1000, or no limit with --duration)\n"
+            "  --duration S     issue writes for S seconds (with --writes: whichever ends\n"
+            "                   first)\n"
+            "  --concurrency C  clients, 1..256 (default 8)\n"
+            "  --value-size B   bytes per value, 0..4096 (default 64)\n"
+            "  --prefix P       keys are P-0, P-1, ... (default \"load\"; 1..200 printable\n"
+            "                   characters, no spaces): a fresh prefix gives a run its own keys\n"
+            "  --acked FILE     append \"KEY VALUE\" to FILE for each write acknowledged by\n"
+            "                   f+1 matching replies, flushed line by line (a record of what\n"
+            "                   the cluster promised, to check after crashes)\n"
+            "  --keep-going     a write that fails or times out is counted, left out of\n"
+            "                   FILE, and the load goes on (default: the first failure stops\n"
+            "                   the load once the writes in flight finish)\n"
+            "  SIGINT or SIGTERM stops issuing; the writes in flight finish or time out, and\n"
+            "  the totals are printed as one line:\n"
+            "    writes=ACKED failed=F clients=C seconds=T writes_per_sec=W p50_ms=L\n"
+            "    p99_ms=L timeouts=T retransmits=R max_ack_gap_ms=G\n"
+            "  failed counts every write not acknowledged (timeouts among them); retransmits\n"
+            "  counts resends of a request to every replica after 1 s without an answer;\n"
+            "  max_ack_gap_ms is the longest time without any write acknowledged (from the\n"
+            "  start to the last acknowledgement).\n\n"
+            "Exit status: 0 ok, 3 key not found, 4 compare-and-swap mismatch, 1 error.\n"
+            "For load: 0 when every write was acknowledged (with --keep-going: when the\n"
+            "load ran, whatever failed), 1 otherwise, 2 for a usage error.\n");
 }
 
 typedef struct one_ctx {
@@ -164,22 +196,48 @@ static int run_one(const cfg_cluster *cl, const char *keyfile, uint64_t timeout_
 
 /* ------------------------------------------------------------ load */
 
+/* A write load: C clients, each with one write outstanding (PBFT's client
+ * model), putting PREFIX-0, PREFIX-1, ... in the order the writes are issued.
+ * Write n's value is n in decimal padded with 'v' to value_size bytes, so a
+ * stale or misplaced value shows when the keys are checked later. */
+
+#define LOAD_MAX_PREFIX 200
+#define LOAD_MAX_VALUE 4096
+
+typedef struct load_opts {
+    const char *keydir;
+    const char *prefix;  /* keys are PREFIX-<n> */
+    const char *acked;   /* append "KEY VALUE" per acknowledged write; NULL = none */
+    uint64_t writes;     /* stop issuing after this many; 0 = no limit */
+    uint64_t duration_s; /* stop issuing after this long; 0 = no limit */
+    uint64_t timeout_ms;
+    size_t value_size;
+    int conc;
+    bool keep_going; /* a failed write is counted, and the load goes on */
+} load_opts;
+
 typedef struct load_client {
     struct load *ld;
     fb_client *c;
     fb_identity id;
     uint64_t started_us;
-    char key[64], value[4096];
+    char key[LOAD_MAX_PREFIX + 24], value[LOAD_MAX_VALUE + 1];
 } load_client;
 
 typedef struct load {
+    const load_opts *o;
     uv_loop_t *loop;
-    uint64_t target, issued, done, failed;
-    bool stop; /* a request failed: finish what is in flight, start nothing new */
-    size_t value_size;
-    uint64_t *lat_us;
+    uv_timer_t deadline;
+    uv_signal_t sigint, sigterm;
+    FILE *acked;
+    uint64_t issued, ok, failed, timeouts;
+    uint64_t last_ack_us, max_gap_us; /* the longest time without an acknowledgement */
+    int inflight;
+    bool stop;  /* issue nothing new; finish what is in flight */
+    bool fatal; /* the run itself failed (submit or acked-file error) */
+    bench_hist lat;
     load_client *clients;
-    int nclients, closing;
+    int closing;
 } load;
 
 static uint64_t mono_us(void)
@@ -189,50 +247,106 @@ static uint64_t mono_us(void)
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
+static bool load_stopping(const load *ld)
+{
+    return ld->stop || (ld->o->writes && ld->issued >= ld->o->writes);
+}
+
+/* Stop the loop once nothing is in flight and nothing more will be issued. */
+static void load_maybe_finish(load *ld)
+{
+    if (ld->inflight == 0 && load_stopping(ld))
+        uv_stop(ld->loop);
+}
+
 static void load_next(load_client *lc);
+
+/* Record an acknowledged write, flushed at once so that a crash test reading
+ * the file after killing this process sees every write it was told about. */
+static void load_record_ack(load *ld, const load_client *lc)
+{
+    if (!ld->acked)
+        return;
+    if (fprintf(ld->acked, "%s %s\n", lc->key, lc->value) < 0 || fflush(ld->acked) != 0) {
+        fprintf(stderr, "fedbft client load: cannot write to %s: %s\n", ld->o->acked,
+                strerror(errno));
+        ld->fatal = ld->stop = true;
+    }
+}
 
 static void load_done(void *arg, int status, const Fedbft__Result *res, uint64_t seq)
 {
     (void)seq;
     load_client *lc = arg;
     load *ld = lc->ld;
+    ld->inflight--;
     if (status != 0 || !res || res->status != FEDBFT__RESULT__STATUS__STATUS_OK) {
         ld->failed++;
-        ld->stop = true;
+        ld->timeouts += status == FB_EIO;
+        if (!ld->o->keep_going)
+            ld->stop = true;
     } else {
-        ld->lat_us[ld->done - ld->failed] = mono_us() - lc->started_us;
+        uint64_t now = mono_us();
+        ld->ok++;
+        bench_hist_record(&ld->lat, now - lc->started_us);
+        if (now - ld->last_ack_us > ld->max_gap_us)
+            ld->max_gap_us = now - ld->last_ack_us;
+        ld->last_ack_us = now;
+        load_record_ack(ld, lc);
     }
-    ld->done++;
-    if (ld->done == ld->target || (ld->stop && ld->done == ld->issued))
-        uv_stop(ld->loop);
-    else
-        load_next(lc);
+    load_next(lc);
 }
 
 static void load_next(load_client *lc)
 {
     load *ld = lc->ld;
-    if (ld->issued >= ld->target || ld->stop)
+    if (load_stopping(ld)) {
+        load_maybe_finish(ld);
         return;
-    uint64_t k = ld->issued++;
-    snprintf(lc->key, sizeof lc->key, "load-%llu", (unsigned long long)k);
-    memset(lc->value, 'v', ld->value_size);
+    }
+    uint64_t n = ld->issued++;
+    snprintf(lc->key, sizeof lc->key, "%s-%llu", ld->o->prefix, (unsigned long long)n);
+    char tag[24];
+    size_t tlen = (size_t)snprintf(tag, sizeof tag, "%llu", (unsigned long long)n);
+    size_t vlen = ld->o->value_size;
+    memset(lc->value, 'v', vlen);
+    memcpy(lc->value, tag, tlen < vlen ? tlen : vlen);
+    lc->value[vlen] = '\0';
     Fedbft__Operation op = FEDBFT__OPERATION__INIT;
     op.kind = FEDBFT__OPERATION__KIND__OP_PUT;
     op.key = (ProtobufCBinaryData){strlen(lc->key), (uint8_t *)lc->key};
-    op.value = (ProtobufCBinaryData){ld->value_size, (uint8_t *)lc->value};
+    op.value = (ProtobufCBinaryData){vlen, (uint8_t *)lc->value};
     lc->started_us = mono_us();
-    if (fb_client_submit(lc->c, &op, false, load_done, lc) != 0) {
+    int rc = fb_client_submit(lc->c, &op, false, load_done, lc);
+    if (rc != 0) {
+        fprintf(stderr, "fedbft client load: cannot submit a write: %s\n", fb_strerror(rc));
         ld->failed++;
-        ld->stop = true;
-        ld->done++;
+        ld->fatal = ld->stop = true;
+        load_maybe_finish(ld);
+        return;
     }
+    ld->inflight++;
 }
 
-static int cmp_u64(const void *a, const void *b)
+static void load_stop_now(load *ld)
 {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
+    ld->stop = true;
+    load_maybe_finish(ld);
+}
+
+static void on_load_deadline(uv_timer_t *t)
+{
+    load_stop_now(t->data);
+}
+
+static void on_load_signal(uv_signal_t *s, int signum)
+{
+    load *ld = s->data;
+    if (!ld->stop)
+        fprintf(stderr,
+                "fedbft client load: %s: issuing no more writes, waiting for %d in flight\n",
+                strsignal(signum), ld->inflight);
+    load_stop_now(ld);
 }
 
 static void count_closed(void *arg)
@@ -242,77 +356,154 @@ static void count_closed(void *arg)
         uv_stop(ld->loop);
 }
 
-static int run_load(const cfg_cluster *cl, const char *keydir, uint64_t writes, int conc,
-                    size_t value_size, uint64_t timeout_ms)
+static void count_handle_closed(uv_handle_t *h)
 {
-    if (conc < 1 || conc > 256 || writes == 0 || value_size > 4096) {
-        fprintf(stderr, "fedbft client load: need 1 <= concurrency <= 256, writes > 0, "
-                        "value-size <= 4096\n");
+    count_closed(h->data);
+}
+
+static int load_check_opts(const load_opts *o)
+{
+    if (o->conc < 1 || o->conc > 256 || o->value_size > LOAD_MAX_VALUE) {
+        fprintf(stderr,
+                "fedbft client load: need 1 <= --concurrency <= 256 and "
+                "--value-size <= %d\n",
+                LOAD_MAX_VALUE);
         return 2;
     }
+    size_t plen = strlen(o->prefix);
+    bool printable = plen > 0 && plen <= LOAD_MAX_PREFIX;
+    for (size_t i = 0; i < plen && printable; i++)
+        printable = isgraph((unsigned char)o->prefix[i]);
+    if (!printable) {
+        fprintf(stderr,
+                "fedbft client load: --prefix must be 1..%d printable characters without "
+                "spaces, got '%s'\n",
+                LOAD_MAX_PREFIX, o->prefix);
+        return 2;
+    }
+    return 0;
+}
+
+static void load_print_totals(const load *ld, double secs)
+{
+    uint64_t retransmits = 0;
+    for (int i = 0; i < ld->o->conc; i++) {
+        if (!ld->clients[i].c)
+            continue;
+        fb_client_stats st;
+        fb_client_get_stats(ld->clients[i].c, &st);
+        retransmits += st.retransmits;
+    }
+    printf("writes=%llu failed=%llu clients=%d seconds=%.2f writes_per_sec=%.0f "
+           "p50_ms=%.2f p99_ms=%.2f timeouts=%llu retransmits=%llu max_ack_gap_ms=%.0f\n",
+           (unsigned long long)ld->ok, (unsigned long long)ld->failed, ld->o->conc, secs,
+           secs > 0 ? (double)ld->ok / secs : 0, (double)bench_hist_percentile(&ld->lat, 50) / 1000,
+           (double)bench_hist_percentile(&ld->lat, 99) / 1000, (unsigned long long)ld->timeouts,
+           (unsigned long long)retransmits, (double)ld->max_gap_us / 1000);
+}
+
+static int run_load(const cfg_cluster *cl, const load_opts *o)
+{
+    int rc = load_check_opts(o);
+    if (rc)
+        return rc;
     uv_loop_t loop;
     uv_loop_init(&loop);
-    load ld = {.loop = &loop, .target = writes, .value_size = value_size, .nclients = conc};
-    ld.lat_us = calloc(writes, sizeof *ld.lat_us);
-    ld.clients = calloc((size_t)conc, sizeof *ld.clients);
-    int rc = ld.lat_us && ld.clients ? 0 : FB_ENOMEM;
+    load *ld = calloc(1, sizeof *ld); /* the histogram is ~20 KiB */
+    load_client *clients = calloc((size_t)o->conc, sizeof *clients);
     char err[512] = "";
-    for (int i = 0; i < conc && rc == 0; i++) {
-        load_client *lc = &ld.clients[i];
-        lc->ld = &ld;
+    if (!ld || !clients) {
+        free(ld);
+        free(clients);
+        uv_loop_close(&loop);
+        fprintf(stderr, "fedbft client load: out of memory\n");
+        return 1;
+    }
+    *ld = (load){.o = o, .loop = &loop, .clients = clients};
+    bench_hist_init(&ld->lat);
+    if (o->acked && !(ld->acked = fopen(o->acked, "a"))) {
+        snprintf(err, sizeof err, "cannot open %s for appending: %s", o->acked, strerror(errno));
+        rc = FB_EIO;
+    }
+    for (int i = 0; i < o->conc && rc == 0; i++) {
+        load_client *lc = &clients[i];
+        lc->ld = ld;
         char path[1024];
-        snprintf(path, sizeof path, "%s/client%d/node.key", keydir, i);
+        snprintf(path, sizeof path, "%s/client%d/node.key", o->keydir, i);
         rc = fb_key_load(path, &lc->id, err, sizeof err);
         fb_client_config cc = {
-            .loop = &loop, .cluster = cl, .id = &lc->id, .timeout_ms = timeout_ms};
+            .loop = &loop, .cluster = cl, .id = &lc->id, .timeout_ms = o->timeout_ms};
         if (rc == 0)
             rc = fb_client_new(&cc, &lc->c, err, sizeof err);
         if (rc == 0)
             rc = fb_client_start(lc->c, err, sizeof err);
     }
+    uv_timer_init(&loop, &ld->deadline);
+    uv_signal_init(&loop, &ld->sigint);
+    uv_signal_init(&loop, &ld->sigterm);
+    ld->deadline.data = ld->sigint.data = ld->sigterm.data = ld;
     uint64_t t0 = mono_us();
+    ld->last_ack_us = t0;
     if (rc == 0) {
-        for (int i = 0; i < conc; i++)
-            load_next(&ld.clients[i]);
+        if (o->duration_s)
+            uv_timer_start(&ld->deadline, on_load_deadline, o->duration_s * 1000, 0);
+        uv_signal_start(&ld->sigint, on_load_signal, SIGINT);
+        uv_signal_start(&ld->sigterm, on_load_signal, SIGTERM);
+        for (int i = 0; i < o->conc; i++)
+            load_next(&clients[i]);
         uv_run(&loop, UV_RUN_DEFAULT);
     } else {
         fprintf(stderr, "fedbft client load: %s\n", err[0] ? err : fb_strerror(rc));
     }
     double secs = (double)(mono_us() - t0) / 1e6;
-    for (int i = 0; i < conc; i++)
-        if (ld.clients && ld.clients[i].c)
-            ld.closing++;
-    for (int i = 0; i < conc; i++)
-        if (ld.clients && ld.clients[i].c)
-            fb_client_close(ld.clients[i].c, count_closed, &ld);
-    if (ld.closing)
-        uv_run(&loop, UV_RUN_DEFAULT);
-    if (rc == 0) {
-        uint64_t ok = ld.done - ld.failed;
-        qsort(ld.lat_us, ok, sizeof *ld.lat_us, cmp_u64);
-        uint64_t p50 = ok ? ld.lat_us[ok / 2] : 0, p99 = ok ? ld.lat_us[ok * 99 / 100] : 0;
-        printf("writes=%llu failed=%llu clients=%d seconds=%.2f writes_per_sec=%.0f "
-               "p50_ms=%.2f p99_ms=%.2f\n",
-               (unsigned long long)ok, (unsigned long long)ld.failed, conc, secs,
-               secs > 0 ? (double)ok / secs : 0, (double)p50 / 1000, (double)p99 / 1000);
-        rc = ld.failed ? 1 : 0;
+    if (rc == 0)
+        load_print_totals(ld, secs);
+
+    ld->closing = 3;
+    uv_close((uv_handle_t *)&ld->deadline, count_handle_closed);
+    uv_close((uv_handle_t *)&ld->sigint, count_handle_closed);
+    uv_close((uv_handle_t *)&ld->sigterm, count_handle_closed);
+    for (int i = 0; i < o->conc; i++)
+        if (clients[i].c) {
+            ld->closing++;
+            fb_client_close(clients[i].c, count_closed, ld);
+        }
+    uv_run(&loop, UV_RUN_DEFAULT);
+    for (int i = 0; i < o->conc; i++) {
+        fb_client_free(clients[i].c);
+        fb_key_wipe(&clients[i].id);
     }
-    for (int i = 0; i < conc && ld.clients; i++) {
-        fb_client_free(ld.clients[i].c);
-        fb_key_wipe(&ld.clients[i].id);
+    if (ld->acked && fclose(ld->acked) != 0 && rc == 0) {
+        fprintf(stderr, "fedbft client load: cannot write to %s: %s\n", o->acked, strerror(errno));
+        ld->fatal = true;
     }
-    free(ld.clients);
-    free(ld.lat_us);
+    bool ok = rc == 0 && !ld->fatal && (o->keep_going || ld->failed == 0);
+    free(clients);
+    free(ld);
     uv_loop_close(&loop);
-    return rc == 0 ? 0 : 1;
+    return ok ? 0 : 1;
 }
 
 typedef struct client_opts {
-    const char *cluster, *key, *keys;
-    uint64_t timeout, writes;
-    int conc;
-    size_t vsize;
+    const char *cluster, *key, *keys, *prefix, *acked;
+    uint64_t timeout, writes, duration, conc, vsize;
+    bool keep_going;
 } client_opts;
+
+/* A whole number in [0, max] from an option's argument; prints the error. */
+static int parse_count(const char *opt, const char *arg, uint64_t max, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(arg, &end, 10);
+    if (!*arg || *end || errno || arg[0] == '-' || v > max) {
+        fprintf(stderr, "fedbft client: %s wants a whole number up to %llu, got '%s'\n", opt,
+                (unsigned long long)max, arg);
+        return 2;
+    }
+    *out = v;
+    return 0;
+}
 
 /* Parse options from optind on (stopping at the first word that is not one);
  * 0, or 2 on a usage error. */
@@ -322,11 +513,13 @@ static int parse_opts(int argc, char **argv, client_opts *o)
         {"cluster", required_argument, NULL, 'c'},    {"key", required_argument, NULL, 'k'},
         {"keys", required_argument, NULL, 'K'},       {"timeout", required_argument, NULL, 't'},
         {"writes", required_argument, NULL, 'w'},     {"concurrency", required_argument, NULL, 'C'},
-        {"value-size", required_argument, NULL, 'v'}, {NULL, 0, NULL, 0},
+        {"value-size", required_argument, NULL, 'v'}, {"duration", required_argument, NULL, 'd'},
+        {"prefix", required_argument, NULL, 'p'},     {"acked", required_argument, NULL, 'a'},
+        {"keep-going", no_argument, NULL, 'g'},       {NULL, 0, NULL, 0},
     };
-    int ch;
+    int ch, rc = 0;
     /* "+" stops at the first command word, so "cas --absent" reaches parse_op. */
-    while ((ch = getopt_long(argc, argv, "+c:k:K:t:w:C:v:", opts, NULL)) != -1) {
+    while (rc == 0 && (ch = getopt_long(argc, argv, "+c:k:K:t:w:C:v:d:p:a:g", opts, NULL)) != -1) {
         switch (ch) {
         case 'c':
             o->cluster = optarg;
@@ -338,30 +531,50 @@ static int parse_opts(int argc, char **argv, client_opts *o)
             o->keys = optarg;
             break;
         case 't':
-            o->timeout = strtoull(optarg, NULL, 10);
+            rc = parse_count("--timeout", optarg, 86400000, &o->timeout);
             break;
         case 'w':
-            o->writes = strtoull(optarg, NULL, 10);
+            rc = parse_count("--writes", optarg, UINT64_MAX, &o->writes);
+            if (rc == 0 && o->writes == 0) {
+                fprintf(stderr, "fedbft client: --writes must be at least 1\n");
+                rc = 2;
+            }
             break;
         case 'C':
-            o->conc = atoi(optarg);
+            rc = parse_count("--concurrency", optarg, 256, &o->conc);
             break;
         case 'v':
-            o->vsize = strtoul(optarg, NULL, 10);
+            rc = parse_count("--value-size", optarg, LOAD_MAX_VALUE, &o->vsize);
+            break;
+        case 'd':
+            rc = parse_count("--duration", optarg, 86400 * 365, &o->duration);
+            if (rc == 0 && o->duration == 0) {
+                fprintf(stderr, "fedbft client: --duration must be at least 1 second\n");
+                rc = 2;
+            }
+            break;
+        case 'p':
+            o->prefix = optarg;
+            break;
+        case 'a':
+            o->acked = optarg;
+            break;
+        case 'g':
+            o->keep_going = true;
             break;
         default:
             return 2;
         }
     }
-    return 0;
+    return rc;
 }
 
 int cmd_client(int argc, char **argv)
 {
-    client_opts o = {.timeout = 30000, .writes = 1000, .conc = 8, .vsize = 64};
+    client_opts o = {.timeout = 30000, .conc = 8, .vsize = 64, .prefix = "load"};
     optind = 1;
     if (parse_opts(argc, argv, &o) != 0) {
-        cmd_client_usage(stderr);
+        fprintf(stderr, "Try 'fedbft client --help'.\n");
         return 2;
     }
     if (!o.cluster || optind >= argc) {
@@ -380,13 +593,24 @@ int cmd_client(int argc, char **argv)
     if (strcmp(argv[optind], "load") == 0) {
         optind++; /* options may also follow the command word */
         if (parse_opts(argc, argv, &o) != 0 || optind != argc) {
-            cmd_client_usage(stderr);
+            if (optind < argc)
+                fprintf(stderr, "fedbft client load: unexpected argument '%s'\n", argv[optind]);
+            fprintf(stderr, "Try 'fedbft client --help'.\n");
             rc = 2;
         } else if (!o.keys) {
             fprintf(stderr, "fedbft client load: --keys DIR is required\n");
             rc = 2;
         } else {
-            rc = run_load(&cl, o.keys, o.writes, o.conc, o.vsize, o.timeout);
+            load_opts lo = {.keydir = o.keys,
+                            .prefix = o.prefix,
+                            .acked = o.acked,
+                            .writes = o.writes || o.duration ? o.writes : 1000,
+                            .duration_s = o.duration,
+                            .timeout_ms = o.timeout,
+                            .value_size = (size_t)o.vsize,
+                            .conc = (int)o.conc,
+                            .keep_going = o.keep_going};
+            rc = run_load(&cl, &lo);
         }
     } else if (!o.key) {
         fprintf(stderr, "fedbft client: --key KEYFILE is required\n");

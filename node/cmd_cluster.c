@@ -97,8 +97,11 @@ void cmd_cluster_usage(FILE *out)
             "      checkpoint from the node's admin socket ('-' if it does not answer).\n"
             "  kill I --dir DIR\n"
             "      SIGKILL node I (a crash, for testing recovery).\n"
-            "  restart I --dir DIR [--binary PATH] [--timeout S]\n"
-            "      Stop node I gracefully if it runs, then start it as `up` does.\n\n"
+            "  restart I --dir DIR [--binary PATH] [--timeout S] [--resync]\n"
+            "      Stop node I gracefully if it runs, then start it as `up` does.  With\n"
+            "      --resync the node starts as `fedbft run --resync`: its local state is\n"
+            "      deleted and rebuilt from its peers by state transfer (the way out when\n"
+            "      it refuses to start because its store is damaged).\n\n"
             "Options:\n"
             "  --help      show this help\n",
             MAX_NODES, UP_TIMEOUT_S, STOP_GRACE_MS / 1000);
@@ -423,8 +426,10 @@ static bool probe_port(const char *host, uint16_t port)
 }
 
 /* Start node i in the background: its own session (so a ^C at our terminal
- * does not reach it), output appended to its log, pid in its pid file. */
-static int start_node(const cluster_dir *cd, uint32_t i, const char *binary, pid_t *out)
+ * does not reach it), output appended to its log, pid in its pid file.
+ * resync: run it with --resync (wipe its state, rebuild it from its peers). */
+static int start_node(const cluster_dir *cd, uint32_t i, const char *binary, bool resync,
+                      pid_t *out)
 {
     char ndir[NODE_PATH_MAX], cfg[NODE_PATH_MAX], logp[NODE_PATH_MAX];
     if (node_file(cd, i, NULL, ndir, sizeof ndir) ||
@@ -449,8 +454,8 @@ static int start_node(const cluster_dir *cd, uint32_t i, const char *binary, pid
     time_t t = time(NULL);
     char when[64];
     strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", localtime(&t));
-    dprintf(logfd, "=== fedbft cluster: starting node %u at %s: %s run --config %s\n", i, when,
-            binary, cfg);
+    dprintf(logfd, "=== fedbft cluster: starting node %u at %s: %s run --config %s%s\n", i, when,
+            binary, cfg, resync ? " --resync" : "");
     fflush(stdout); /* or the child would inherit (and never print) our buffer */
     fflush(stderr);
     pid_t pid = fork();
@@ -458,7 +463,8 @@ static int start_node(const cluster_dir *cd, uint32_t i, const char *binary, pid
         setsid();
         if (dup2(nullfd, 0) < 0 || dup2(logfd, 1) < 0 || dup2(logfd, 2) < 0 || chdir(ndir) != 0)
             _exit(126);
-        char *const argv[] = {(char *)binary, "run", "--config", cfg, NULL};
+        char *const argv[] = {
+            (char *)binary, "run", "--config", cfg, resync ? "--resync" : NULL, NULL};
         execv(binary, argv);
         dprintf(2, "fedbft cluster: cannot run %s: %s\n", binary, strerror(errno));
         _exit(127);
@@ -629,6 +635,7 @@ typedef struct cluster_opts {
     uint32_t nodes, clients, base_port, timeout_s;
     cfg_durability durability;
     bool force;
+    bool resync;       /* restart: start the node with --resync */
     const char *index; /* kill / restart: the node id argument */
 } cluster_opts;
 
@@ -642,7 +649,8 @@ enum {
     OPT_FORCE,
     OPT_BINARY,
     OPT_TIMEOUT,
-    OPT_MODEL
+    OPT_MODEL,
+    OPT_RESYNC
 };
 
 /* A usage error: the reason, and where the full help is (it is long). */
@@ -674,6 +682,9 @@ static int take_option(const char *sub, int c, cluster_opts *o)
         return 0;
     case OPT_FORCE:
         o->force = true;
+        return 0;
+    case OPT_RESYNC:
+        o->resync = true;
         return 0;
     case OPT_MODEL:
         o->model = optarg;
@@ -1050,7 +1061,7 @@ static int resolve_binary(const char *given, char *out, size_t cap)
 }
 
 /* Start node i unless it runs; add it to ps for wait_ready either way. */
-static int bring_up(const cluster_dir *cd, uint32_t i, const char *binary, pending *p)
+static int bring_up(const cluster_dir *cd, uint32_t i, const char *binary, bool resync, pending *p)
 {
     pid_t pid;
     node_state st = get_node_state(cd, i, &pid);
@@ -1078,7 +1089,7 @@ static int bring_up(const cluster_dir *cd, uint32_t i, const char *binary, pendi
         p->status = -1;
         return FB_EBUSY;
     }
-    int rc = start_node(cd, i, binary, &p->pid);
+    int rc = start_node(cd, i, binary, resync, &p->pid);
     if (rc) {
         p->status = -1;
         return rc;
@@ -1097,7 +1108,7 @@ static int up_nodes(const cluster_dir *cd, const uint32_t *ids, size_t k, const 
     if (!ps)
         return 1;
     for (size_t j = 0; j < k; j++)
-        bring_up(cd, ids[j], binary, &ps[j]);
+        bring_up(cd, ids[j], binary, o->resync, &ps[j]);
     fflush(stdout);
     size_t failed = wait_ready(cd, ps, k, o->timeout_s);
     free(ps);
@@ -1223,6 +1234,7 @@ static int cluster_restart(int argc, char **argv)
         {"dir", required_argument, NULL, OPT_DIR},
         {"binary", required_argument, NULL, OPT_BINARY},
         {"timeout", required_argument, NULL, OPT_TIMEOUT},
+        {"resync", no_argument, NULL, OPT_RESYNC},
         {NULL, 0, NULL, 0},
     };
     cluster_opts o;

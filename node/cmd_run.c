@@ -21,9 +21,14 @@ void cmd_run_usage(FILE *out)
                  "store commit what was submitted, and exits 0.  Logs go to stderr.\n\n"
                  "Options:\n"
                  "  --config FILE  the node's configuration (required)\n"
-                 "  --resync       delete this node's local state and rebuild it from its peers\n"
-                 "                 by state transfer (after the node refused to start because\n"
-                 "                 its store is damaged)\n"
+                 "  --resync       delete this node's local state (DATA_DIR/fedbft.db*) and\n"
+                 "                 rebuild it from its peers by state transfer: the way out\n"
+                 "                 when the node refused to start because its store is\n"
+                 "                 damaged.  The wipe loses the votes the node sent, so it\n"
+                 "                 votes for nothing until the cluster is a log window past\n"
+                 "                 the checkpoint it installs, and meanwhile counts toward\n"
+                 "                 no quorum: resync at most f replicas at a time.\n"
+                 "                 With 'fedbft cluster': cluster restart I --dir DIR --resync\n"
                  "  --help         show this help\n");
 }
 
@@ -102,7 +107,9 @@ int cmd_run(int argc, char **argv)
             LOG_ERROR("resync: %s", err);
             return 1;
         }
-        LOG_WARN("resync: local state deleted; rebuilding from peers");
+        LOG_WARN("resync: deleted the local state in %s; rebuilding it from the peers by "
+                 "state transfer",
+                 cfg.data_dir);
     }
 
     run_ctx c;

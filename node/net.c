@@ -591,6 +591,21 @@ static void close_older_inbound(net *n, conn *keep)
             conn_close(o);
 }
 
+static void link_dial(net_link *l);
+
+/* The replica behind l just authenticated to us, so it is up again (a
+ * restart): dial it now rather than when the backoff, up to
+ * reconnect_max_ms, would have; what we queued for it goes out at once. */
+static void redial_now(net *n, net_link *l)
+{
+    if (n->closing || l->c || l->resolving || !l->retry_inited ||
+        !uv_is_active((const uv_handle_t *)&l->retry))
+        return;
+    uv_timer_stop(&l->retry);
+    l->attempts = 0;
+    link_dial(l);
+}
+
 static void chan_established(void *arg, const uint8_t pk[FB_PK_LEN])
 {
     conn *c = arg;
@@ -614,8 +629,10 @@ static void chan_established(void *arg, const uint8_t pk[FB_PK_LEN])
     case CONN_IN_REPLICA:
         /* The allow-list holds replica keys only, so this always finds one. */
         c->peer_id = replica_by_key(n, pk);
-        if (c->peer_id != NET_NO_ID)
+        if (c->peer_id != NET_NO_ID) {
             close_older_inbound(n, c);
+            redial_now(n, &n->links[c->peer_id]);
+        }
         break;
     case CONN_IN_CLIENT:
         /* Tell the node at once which client this is, so replies can reach

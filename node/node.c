@@ -43,8 +43,27 @@
 
 #define MAX_TURN_MSGS 4096  /* messages in one verification job; more start a new job */
 #define MAX_TURN_SIGS 65536 /* signatures in one job */
-#define MAX_MSG_SIGS 1024   /* signatures one message may carry (NEW-VIEW proofs) */
-#define CKPT_SNAPSHOTS 3    /* client tables kept for serving state transfer */
+/* Signatures one message may carry.  A NEW-VIEW carries a quorum of
+ * VIEW-CHANGEs, each with up to L prepared certificates whose PRE-PREPAREs
+ * hold whole batches of signed requests, and O again: thousands when a view
+ * changes with a full log window.  Every signature takes at least 64 bytes
+ * of a frame, so no frame within max_frame (<= 4 MiB) carries more. */
+#define MAX_MSG_SIGS MAX_TURN_SIGS
+#define FEW_SIGS 64    /* on the stack; more go to the heap */
+#define NV_TELL_MS 500 /* a replica in an older view gets our NEW-VIEW at most this often */
+/* Client tables of the newest checkpoints, kept to serve state transfer; the
+ * store keeps the undo rows to rebuild the KV state at the same checkpoints
+ * (serve_keep), so a replica fetching a checkpoint can finish while the
+ * cluster moves on by up to a log window. */
+#define CKPT_SNAPSHOTS 8
+/* A snapshot a peer asked for within this long is pinned: neither it nor the
+ * undo rows that rebuild its state are dropped while the cluster moves on,
+ * so a transfer under load finishes instead of chasing newer checkpoints. */
+#define SNAPSHOT_PIN_MS (2 * NODE_STATE_CHUNK_TIMEOUT_MS)
+#define STATE_TICK_MS 250 /* node_state_tick: peer timeouts and pauses */
+/* Store batches of our own in flight at once (the store's queue, shared with
+ * state transfer, holds 256); beyond it a turn's work joins the open batch. */
+#define MAX_STORE_INFLIGHT 32
 
 /* ------------------------------------------------------------ types */
 
@@ -104,6 +123,7 @@ typedef struct ckpt_snapshot {
     uint8_t app_digest[FB_DIGEST_LEN];
     uint8_t *client_table;
     size_t client_table_len;
+    uint64_t served_ms; /* a peer last asked for it (pinned until SNAPSHOT_PIN_MS later) */
 } ckpt_snapshot;
 
 struct fb_node {
@@ -130,14 +150,17 @@ struct fb_node {
     struct {
         fb_metric *requests, *latency, *phase[OPS_NPHASES], *batch_size, *verify_batch,
             *store_commit, *digests[3], *sig_hits, *sig_misses, *sig_verified, *rejected[4],
-            *dropped[3], *view_changes;
+            *dropped[3], *refused[PBFT_REJ_COUNT], *view_changes, *transfers[3], *chunks_in,
+            *chunks_out;
         uint64_t last_digests[3], last_hits, last_misses, last_verified, last_rejected[4],
-            last_dropped[3], last_view_changes;
+            last_dropped[3], last_refused[PBFT_REJ_COUNT], last_view_changes, last_transfers[3],
+            last_chunks_in, last_chunks_out;
     } m;
     pbft_msg **recent_pp; /* [log_window] newest PRE-PREPARE per seq, for ops */
 
     uv_async_t bv_async, store_async;
     uv_timer_t pbft_timer;
+    uv_timer_t state_timer; /* node_state_tick */
     uv_check_t turn_end;
     bool stopping;
     int handles_open;
@@ -150,14 +173,19 @@ struct fb_node {
     uint32_t inline_ok_cap;
     uint64_t inline_verified; /* verify="inline": signatures checked */
 
-    sbatch *open; /* filling this turn */
+    sbatch *open; /* filling this turn (or these turns, while the store is behind) */
     sbatch *inflight_head, *inflight_tail;
+    uint32_t ninflight; /* batches submitted, not completed */
 
     uint32_t *client_conn;  /* client index -> connection id + 1 (0 = none) */
     uint32_t *client_order; /* client indexes sorted by client id */
     ckpt_snapshot snaps[CKPT_SNAPSHOTS];
 
     uint64_t dropped_cheap, dropped_sig, dropped_parse;
+    /* Dropped by the cheap checks for a reason the replica would also give
+     * (counted with the replica's own under that reason). */
+    uint64_t dropped_early[PBFT_REJ_COUNT];
+    uint64_t *nv_told_at; /* [n] ms we last sent that replica our NEW-VIEW */
 };
 
 /* ------------------------------------------------------------ helpers */
@@ -359,6 +387,32 @@ static void trace_persist(fb_node *n, const pbft_msg *m)
     }
 }
 
+/* How far below the stable checkpoint we can still serve state: a log
+ * window (a replica fetching an older checkpoint has that long before the
+ * cluster leaves it behind), as far as the snapshots reach. */
+static uint64_t serve_keep(const fb_node *n)
+{
+    uint64_t keep = n->cfg.log_window,
+             most = (uint64_t)(CKPT_SNAPSHOTS - 1) * n->cfg.checkpoint_interval;
+    return keep < most ? keep : most;
+}
+
+static bool snapshot_pinned(const fb_node *n, const ckpt_snapshot *s)
+{
+    return s->seq && s->served_ms && now_ms(n) < s->served_ms + SNAPSHOT_PIN_MS;
+}
+
+/* Undo rows at or below this may go when seq becomes stable: those a log
+ * window below it, and none a pinned snapshot needs. */
+static uint64_t undo_keep_upto(const fb_node *n, uint64_t seq)
+{
+    uint64_t keep = serve_keep(n), upto = seq > keep ? seq - keep : 0;
+    for (int i = 0; i < CKPT_SNAPSHOTS; i++)
+        if (snapshot_pinned(n, &n->snaps[i]) && n->snaps[i].seq < upto)
+            upto = n->snaps[i].seq;
+    return upto;
+}
+
 static void do_persist(fb_node *n, const pbft_record *rec)
 {
     sbatch *sb = open_batch(n);
@@ -372,7 +426,11 @@ static void do_persist(fb_node *n, const pbft_record *rec)
     } else if (rec->kind == PBFT_REC_STABLE) {
         rc = store_batch_record(sb->b, rec->kind, 0, 0, false, rec->seq, NULL, 0);
         if (rc == 0)
-            rc = store_batch_stable(sb->b, rec->seq);
+            rc = store_batch_stable_keep(sb->b, rec->seq, undo_keep_upto(n, rec->seq));
+    } else if (rec->kind == PBFT_REC_ABSTAIN) {
+        rc = store_batch_record(sb->b, rec->kind, 0, 0, false, rec->seq, NULL, 0);
+        LOG_INFO("resynced replica: votes for nothing up to seq %llu",
+                 (unsigned long long)rec->seq);
     } else {
         rc = store_batch_record(sb->b, rec->kind, 0, rec->view, rec->view_changing, 0, NULL, 0);
     }
@@ -603,12 +661,21 @@ static void step(fb_node *n, const pbft_event *ev)
 /* Keep the client table of a checkpoint, to serve state transfer. */
 static void snapshot_checkpoint(fb_node *n, uint64_t seq, const uint8_t app_digest[FB_DIGEST_LEN])
 {
-    ckpt_snapshot *s = &n->snaps[0];
-    for (int i = 1; i < CKPT_SNAPSHOTS; i++)
-        if (n->snaps[i].seq < s->seq)
-            s = &n->snaps[i];
+    /* Replace the oldest one no peer is fetching (the oldest of all if
+     * every one is). */
+    ckpt_snapshot *s = NULL, *oldest = &n->snaps[0];
+    for (int i = 0; i < CKPT_SNAPSHOTS; i++) {
+        ckpt_snapshot *x = &n->snaps[i];
+        if (x->seq < oldest->seq)
+            oldest = x;
+        if (!snapshot_pinned(n, x) && (!s || x->seq < s->seq))
+            s = x;
+    }
+    if (!s)
+        s = oldest;
     free(s->client_table);
     s->client_table = NULL;
+    s->served_ms = 0;
     s->seq = seq;
     memcpy(s->app_digest, app_digest, FB_DIGEST_LEN);
     if (pbft_client_table_export(n->replica, &s->client_table, &s->client_table_len) != 0)
@@ -627,6 +694,7 @@ static void on_store_done(void *arg, const store_result *res)
         if (!n->inflight_head)
             n->inflight_tail = NULL;
     }
+    n->ninflight--;
     if (res->status != 0) {
         /* The disk refused a write the protocol depends on: continuing could
          * let us contradict ourselves after a restart. */
@@ -656,13 +724,18 @@ static void on_store_done(void *arg, const store_result *res)
     sbatch_free(sb);
 }
 
-/* End of a loop turn: one store transaction for everything persisted. */
-static void submit_open_batch(fb_node *n)
+/* End of a loop turn: one store transaction for everything persisted.
+ * While the store is behind (a long transaction, such as installing a large
+ * fetched state, holds it up), the open batch stays open and takes the next
+ * turns' work too, so the store's bounded queue never fills with one small
+ * batch per turn; force is for shutting down. */
+static void submit_open_batch(fb_node *n, bool force)
 {
     sbatch *sb = n->open;
-    if (!sb)
+    if (!sb || (!force && n->ninflight >= MAX_STORE_INFLIGHT))
         return;
     n->open = NULL;
+    n->ninflight++;
     store_batch *b = sb->b;
     sb->b = NULL;
     sb->submitted_us = now_us();
@@ -868,8 +941,25 @@ static void enqueue_verify(fb_node *n, in_kind kind, pbft_msg *msg, Fedbft__Enve
     }
 }
 
-/* Cheap checks before any signature is looked at: junk costs almost nothing. */
-static bool worth_verifying(fb_node *n, const pbft_msg *m)
+/* Replica `to` speaks in an older view: it missed the NEW-VIEW (it was down,
+ * or cut off, when the view changed) and, once the cluster is idle, nothing
+ * else would tell it.  The primary of the current view sends it the NEW-VIEW,
+ * at most once per retransmit interval per replica.  The link authenticated
+ * `to`; the NEW-VIEW proves itself. */
+static void tell_current_view(fb_node *n, uint32_t to)
+{
+    pbft_msg *nv = pbft_current_new_view(n->replica);
+    uint64_t now = now_ms(n);
+    if (!nv || to >= n->cluster.n || now < n->nv_told_at[to] + NV_TELL_MS)
+        return;
+    n->nv_told_at[to] = now;
+    net_send_replica(n->net, to, nv->raw, nv->raw_len);
+}
+
+/* Cheap checks before any signature is looked at: junk costs almost nothing.
+ * PBFT_REJ_COUNT if the message is worth verifying, else the reason the
+ * replica would give (the link authenticated the sender already). */
+static pbft_reject cheap_verdict(fb_node *n, const pbft_msg *m)
 {
     pbft_progress st;
     pbft_get_progress(n->replica, &st);
@@ -879,23 +969,40 @@ static bool worth_verifying(fb_node *n, const pbft_msg *m)
     case FEDBFT__MSG_TYPE__MSG_PRE_PREPARE:
     case FEDBFT__MSG_TYPE__MSG_PREPARE:
     case FEDBFT__MSG_TYPE__MSG_COMMIT:
-        return view >= st.view && seq > st.stable_seq;
-    case FEDBFT__MSG_TYPE__MSG_CHECKPOINT:
-        return seq > st.stable_seq;
+        if (view < st.view)
+            return PBFT_REJ_STALE_VIEW;
+        return seq > st.stable_seq ? PBFT_REJ_COUNT : PBFT_REJ_WATERMARK;
+    case FEDBFT__MSG_TYPE__MSG_CHECKPOINT: {
+        if (seq > st.stable_seq)
+            return PBFT_REJ_COUNT;
+        /* Peers re-send the CHECKPOINT of their stable checkpoint: ours too. */
+        uint64_t h;
+        uint8_t d[FB_DIGEST_LEN];
+        pbft_msg *const *proof;
+        size_t nproof;
+        pbft_stable_checkpoint(n->replica, &h, d, &proof, &nproof);
+        bool known = seq == h && m->u.checkpoint->state_digest.len == FB_DIGEST_LEN &&
+                     memcmp(m->u.checkpoint->state_digest.data, d, FB_DIGEST_LEN) == 0;
+        return known ? PBFT_REJ_DUPLICATE : PBFT_REJ_WATERMARK;
+    }
     case FEDBFT__MSG_TYPE__MSG_VIEW_CHANGE:
     case FEDBFT__MSG_TYPE__MSG_NEW_VIEW:
-        return view >= st.view;
+        return view >= st.view ? PBFT_REJ_COUNT : PBFT_REJ_STALE_VIEW;
     default:
-        return true;
+        return PBFT_REJ_COUNT;
     }
 }
 
 static void collect(fb_node *n, in_kind kind, pbft_msg *m, uint32_t from)
 {
-    pbft_sigref sigs[MAX_MSG_SIGS];
-    int k = pbft_msg_signatures(m, sigs, MAX_MSG_SIGS);
-    if (k <= 0 || k > MAX_MSG_SIGS) {
+    pbft_sigref few[FEW_SIGS], *sigs = few;
+    int k = pbft_msg_signatures(m, sigs, FEW_SIGS);
+    if (k > FEW_SIGS && k <= MAX_MSG_SIGS && (sigs = malloc((size_t)k * sizeof *sigs)) != NULL)
+        k = pbft_msg_signatures(m, sigs, (size_t)k);
+    if (k <= 0 || k > MAX_MSG_SIGS || !sigs) {
         n->dropped_parse++;
+        if (sigs != few)
+            free(sigs);
         pbft_msg_unref(m);
         return;
     }
@@ -905,10 +1012,14 @@ static void collect(fb_node *n, in_kind kind, pbft_msg *m, uint32_t from)
         if (!pk) {
             n->dropped_cheap++; /* signed by nobody we know */
             pbft_msg_unref(m);
-            return;
+            k = 0;
+            break;
         }
     }
-    enqueue_verify(n, kind, m, NULL, from, sigs, k);
+    if (k > 0)
+        enqueue_verify(n, kind, m, NULL, from, sigs, k);
+    if (sigs != few)
+        free(sigs);
 }
 
 static void on_replica_frame(void *arg, uint32_t id, const uint8_t *frame, size_t len)
@@ -948,8 +1059,14 @@ static void on_replica_frame(void *arg, uint32_t id, const uint8_t *frame, size_
     /* A replica signs what it sends itself; a request it forwards is its client's. */
     bool sender_ok = m->type == FEDBFT__MSG_TYPE__MSG_REQUEST ? client_pk(n, m->sender) != NULL
                                                               : m->sender == id;
-    if (!sender_ok || !worth_verifying(n, m)) {
-        n->dropped_cheap++;
+    pbft_reject why = sender_ok ? cheap_verdict(n, m) : PBFT_REJ_COUNT;
+    if (!sender_ok || why != PBFT_REJ_COUNT) {
+        if (sender_ok)
+            n->dropped_early[why]++;
+        else
+            n->dropped_cheap++;
+        if (why == PBFT_REJ_STALE_VIEW)
+            tell_current_view(n, id);
         pbft_msg_unref(m);
         return;
     }
@@ -1003,7 +1120,7 @@ static void on_turn_end(uv_check_t *h)
     fb_node *n = h->data;
     flush_job(n);
     run_inline_jobs(n);
-    submit_open_batch(n);
+    submit_open_batch(n, false);
 }
 
 static void on_bv_async(uv_async_t *h)
@@ -1069,7 +1186,7 @@ static int submit_state_batch(void *arg, store_batch *b, store_done_fn done, voi
     return store_submit(n->store, b, done, done_arg);
 }
 
-static const ckpt_snapshot *find_snapshot(const fb_node *n, uint64_t seq)
+static ckpt_snapshot *find_snapshot(fb_node *n, uint64_t seq)
 {
     for (int i = 0; i < CKPT_SNAPSHOTS; i++)
         if (n->snaps[i].seq == seq && seq != 0)
@@ -1077,12 +1194,15 @@ static const ckpt_snapshot *find_snapshot(const fb_node *n, uint64_t seq)
     return NULL;
 }
 
+/* A peer asks for checkpoint seq's state: it stays pinned while asked for. */
 static bool snapshot_for(void *arg, uint64_t seq, const uint8_t **app_digest,
                          const uint8_t **client_table, size_t *len)
 {
-    const ckpt_snapshot *s = find_snapshot(arg, seq);
+    fb_node *n = arg;
+    ckpt_snapshot *s = find_snapshot(n, seq);
     if (!s)
         return false;
+    s->served_ms = now_ms(n);
     *app_digest = s->app_digest;
     *client_table = s->client_table;
     *len = s->client_table_len;
@@ -1102,11 +1222,31 @@ static void state_installed(void *arg, uint64_t seq, const uint8_t app_digest[FB
     snapshot_checkpoint(n, seq, app_digest);
 }
 
-static uint64_t stable_seq(void *arg)
+static void state_unservable(void *arg, uint64_t seq)
 {
-    pbft_status st;
-    pbft_get_status(((fb_node *)arg)->replica, &st);
-    return st.stable_seq;
+    fb_node *n = arg;
+    pbft_event ev = {.kind = PBFT_EV_FETCH_FAILED, .now_ms = now_ms(n)};
+    ev.installed.seq = seq;
+    step(n, &ev);
+}
+
+static uint64_t state_clock(void *arg)
+{
+    return now_ms(arg);
+}
+
+static bool state_peer_up(void *arg, uint32_t peer)
+{
+    net_link_stats ls;
+    net_replica_stats(((fb_node *)arg)->net, peer, &ls);
+    return ls.connected;
+}
+
+static void on_state_timer(uv_timer_t *t)
+{
+    fb_node *n = t->data;
+    if (!n->stopping)
+        node_state_tick(n->state);
 }
 
 /* ------------------------------------------------------------ lifecycle */
@@ -1141,6 +1281,13 @@ static int restore_replica(fb_node *n, char *err, size_t errlen)
         }
         k++;
     }
+    if (rc == 0 && ld.resynced) {
+        /* fedbft run --resync: we forgot what we voted for. */
+        pbft_abstain_after_wipe(n->replica);
+        LOG_WARN("resynced replica: it votes for nothing until it knows a stable checkpoint, "
+                 "then for nothing up to a log window past it (it may have voted there before "
+                 "the wipe)");
+    }
     if (rc == 0)
         rc = pbft_restore(n->replica, recs, k, ld.last_executed, ld.client_table,
                           ld.client_table_len);
@@ -1149,6 +1296,10 @@ static int restore_replica(fb_node *n, char *err, size_t errlen)
                  (unsigned long long)ld.last_executed, (unsigned long long)ld.kv_keys);
     else if (err && !err[0])
         fb_errf(err, errlen, rc, "store: cannot restore the replica (%s)", fb_strerror(rc));
+    /* Stopped right at a checkpoint: we can serve it at once (otherwise
+     * only from our next checkpoint on; snapshots live in memory). */
+    if (rc == 0 && ld.last_executed && ld.last_executed % n->cfg.checkpoint_interval == 0)
+        snapshot_checkpoint(n, ld.last_executed, ld.app_digest);
     for (size_t i = 0; i < k; i++)
         pbft_msg_unref(recs[i].msg);
     free(recs);
@@ -1176,6 +1327,7 @@ int fb_node_new(uv_loop_t *loop, const cfg_node *cfg, fb_node **out, char *err, 
         return rc;
     }
     n->client_conn = calloc(n->cluster.nclients ? n->cluster.nclients : 1, sizeof *n->client_conn);
+    n->nv_told_at = calloc(n->cluster.n, sizeof *n->nv_told_at);
     pbft_config pc = {
         .n = n->cluster.n,
         .id = cfg->id,
@@ -1190,7 +1342,7 @@ int fb_node_new(uv_loop_t *loop, const cfg_node *cfg, fb_node **out, char *err, 
         .signer = {sign_cb, &n->id},
         .no_digest_reuse = !cfg->digest_cache,
     };
-    if (!n->client_conn)
+    if (!n->client_conn || !n->nv_told_at)
         rc = FB_ENOMEM;
     if (rc == 0)
         rc = build_client_order(n);
@@ -1234,10 +1386,13 @@ int fb_node_new(uv_loop_t *loop, const cfg_node *cfg, fb_node **out, char *err, 
                          .submit = submit_state_batch,
                          .snapshot = snapshot_for,
                          .installed = state_installed,
-                         .stable_seq = stable_seq,
+                         .unservable = state_unservable,
+                         .now_ms = state_clock,
+                         .peer_up = state_peer_up,
                          .arg = n};
+    node_state_config scfg = {.self = cfg->id, .n = n->cluster.n};
     if (rc == 0)
-        rc = node_state_new(cfg->id, n->cluster.n, &sio, &n->state);
+        rc = node_state_new(&scfg, &sio, &n->state);
     if (rc) {
         if (err && !err[0])
             fb_errf(err, errlen, rc, "cannot start the node: %s", fb_strerror(rc));
@@ -1247,9 +1402,11 @@ int fb_node_new(uv_loop_t *loop, const cfg_node *cfg, fb_node **out, char *err, 
     uv_async_init(loop, &n->bv_async, on_bv_async);
     uv_async_init(loop, &n->store_async, on_store_async);
     uv_timer_init(loop, &n->pbft_timer);
+    uv_timer_init(loop, &n->state_timer);
     uv_check_init(loop, &n->turn_end);
-    n->bv_async.data = n->store_async.data = n->pbft_timer.data = n->turn_end.data = n;
-    n->handles_open = 4;
+    n->bv_async.data = n->store_async.data = n->pbft_timer.data = n->state_timer.data =
+        n->turn_end.data = n;
+    n->handles_open = 5;
     *out = n;
     return 0;
 }
@@ -1263,15 +1420,20 @@ static json_t *admin_status(void *arg, json_t *request, const char **err)
     fb_node *n = arg;
     pbft_status st;
     pbft_get_status(n->replica, &st);
-    return json_pack("{s:i, s:i, s:i, s:I, s:b, s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s}",
-                     "id", (int)st.id, "n", (int)st.n, "f", (int)st.f, "view", (json_int_t)st.view,
-                     "view_changing", st.view_changing, "primary", (int)st.primary, "last_executed",
-                     (json_int_t)st.last_executed, "last_committed", (json_int_t)st.last_committed,
-                     "stable_checkpoint", (json_int_t)st.stable_seq, "low_watermark",
-                     (json_int_t)st.stable_seq, "high_watermark", (json_int_t)st.high_watermark,
-                     "pending_requests", (json_int_t)st.pending_requests, "fetching_state_seq",
-                     (json_int_t)st.fetching_seq, "uptime_s",
-                     (json_int_t)((now_ms(n) - n->started_ms) / 1000), "version", FEDBFT_VERSION);
+    json_t *o = json_pack(
+        "{s:i, s:i, s:i, s:I, s:b, s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s}", "id",
+        (int)st.id, "n", (int)st.n, "f", (int)st.f, "view", (json_int_t)st.view, "view_changing",
+        st.view_changing, "primary", (int)st.primary, "last_executed", (json_int_t)st.last_executed,
+        "last_committed", (json_int_t)st.last_committed, "stable_checkpoint",
+        (json_int_t)st.stable_seq, "low_watermark", (json_int_t)st.stable_seq, "high_watermark",
+        (json_int_t)st.high_watermark, "pending_requests", (json_int_t)st.pending_requests,
+        "fetching_state_seq", (json_int_t)st.fetching_seq, "uptime_s",
+        (json_int_t)((now_ms(n) - n->started_ms) / 1000), "version", FEDBFT_VERSION);
+    /* After --resync: -1 while the bound is not known yet, 0 when not abstaining. */
+    json_int_t abstain = st.abstain_pending ? -1 : (json_int_t)st.abstain_until;
+    if (o)
+        json_object_set_new(o, "abstain_until_seq", json_integer(abstain));
+    return o;
 }
 
 static json_t *admin_peers(void *arg, json_t *request, const char **err)
@@ -1511,12 +1673,32 @@ static void register_metrics(fb_node *n)
         n->m.rejected[i] =
             fb_metrics_counter(m, "fedbft_frames_rejected_total",
                                "Connections cut for a bad frame or handshake", rk[i]);
+    const char *drop_help =
+        "Messages dropped: unparsable (parse), from the wrong sender or signed by an unknown key "
+        "(cheap_check), with a bad signature (signature), or refused by the PBFT acceptance "
+        "rules (the other reasons; duplicate includes retransmissions)";
     const char *xk[3] = {"reason=\"parse\"", "reason=\"cheap_check\"", "reason=\"signature\""};
     for (int i = 0; i < 3; i++)
-        n->m.dropped[i] = fb_metrics_counter(m, "fedbft_messages_dropped_total",
-                                             "Messages dropped before reaching the replica", xk[i]);
+        n->m.dropped[i] = fb_metrics_counter(m, "fedbft_messages_dropped_total", drop_help, xk[i]);
+    for (int i = 0; i < PBFT_REJ_COUNT; i++) {
+        char labels[64];
+        snprintf(labels, sizeof labels, "reason=\"%s\"", pbft_reject_name((pbft_reject)i));
+        n->m.refused[i] = fb_metrics_counter(m, "fedbft_messages_dropped_total", drop_help, labels);
+    }
     n->m.view_changes = fb_metrics_counter(m, "fedbft_view_changes_total",
                                            "View changes this replica completed", NULL);
+    const char *tk[3] = {"result=\"installed\"", "result=\"bad_peer\"", "result=\"timeout\""};
+    for (int i = 0; i < 3; i++)
+        n->m.transfers[i] = fb_metrics_counter(
+            m, "fedbft_state_transfers_total",
+            "State transfer outcomes at this replica: installed (a checkpoint fetched and "
+            "installed), bad_peer (a peer served state that failed verification and was "
+            "abandoned), timeout (a peer answered nothing in time and was left)",
+            tk[i]);
+    n->m.chunks_in = fb_metrics_counter(m, "fedbft_state_chunks_received_total",
+                                        "State-transfer chunks accepted from peers", NULL);
+    n->m.chunks_out = fb_metrics_counter(m, "fedbft_state_chunks_served_total",
+                                         "State-transfer chunks served to peers", NULL);
     fb_metrics_gauge_fn(m, "fedbft_view", "Current view", NULL, g_view, n);
     fb_metrics_gauge_fn(m, "fedbft_last_executed_seq", "Highest executed sequence number", NULL,
                         g_executed, n);
@@ -1559,6 +1741,16 @@ static void sync_metrics(fb_node *n)
     uint64_t drop[3] = {n->dropped_parse, n->dropped_cheap, n->dropped_sig};
     for (int i = 0; i < 3; i++)
         fb_metric_sync(n->m.dropped[i], drop[i], &n->m.last_dropped[i]);
+    for (int i = 0; i < PBFT_REJ_COUNT; i++)
+        fb_metric_sync(n->m.refused[i], st.rejected_by[i] + n->dropped_early[i],
+                       &n->m.last_refused[i]);
+    node_state_stats ss;
+    node_state_get_stats(n->state, &ss);
+    uint64_t tr[3] = {ss.installs, ss.bad_peers, ss.timeouts};
+    for (int i = 0; i < 3; i++)
+        fb_metric_sync(n->m.transfers[i], tr[i], &n->m.last_transfers[i]);
+    fb_metric_sync(n->m.chunks_in, ss.chunks_in, &n->m.last_chunks_in);
+    fb_metric_sync(n->m.chunks_out, ss.chunks_out, &n->m.last_chunks_out);
     if (n->serve)
         serve_sync_metrics(n->serve);
 }
@@ -1626,6 +1818,17 @@ static json_t *admin_fault(void *arg, json_t *request, const char **err)
                "node.json; test clusters only)";
         return NULL;
     }
+    json_t *corrupt = json_object_get(request, "corrupt_state");
+    if (corrupt) {
+        const char *v = json_string_value(corrupt);
+        bool on = json_is_true(corrupt) || (v && strcmp(v, "true") == 0);
+        if (!on && !json_is_false(corrupt) && !(v && strcmp(v, "false") == 0)) {
+            *err = "corrupt_state must be true or false";
+            return NULL;
+        }
+        node_state_set_corrupt(n->state, on);
+        LOG_WARN("fault injection: state chunks served are %s", on ? "corrupted" : "intact");
+    }
     json_t *lie = json_object_get(request, "infer_lie");
     if (lie) {
         const char *v = json_string_value(lie);
@@ -1635,6 +1838,7 @@ static json_t *admin_fault(void *arg, json_t *request, const char **err)
     if (json_is_true(json_object_get(request, "clear"))) {
         net_fault_clear(n->net);
         n->infer_lie = false;
+        node_state_set_corrupt(n->state, false);
         LOG_WARN("fault injection cleared");
     } else if (json_object_get(request, "peer")) {
         json_t *p = json_object_get(request, "peer");
@@ -1675,7 +1879,8 @@ static json_t *admin_fault(void *arg, json_t *request, const char **err)
         json_array_append_new(links, json_pack("{s:i, s:b, s:b, s:i}", "peer", (int)i, "drop_in",
                                                in, "drop_out", out, "delay_ms", (int)delay));
     }
-    return json_pack("{s:o, s:b}", "faults", links, "infer_lie", n->infer_lie);
+    return json_pack("{s:o, s:b, s:b}", "faults", links, "infer_lie", n->infer_lie, "corrupt_state",
+                     node_state_corrupt(n->state));
 }
 
 static int start_admin(fb_node *n, char *err, size_t errlen)
@@ -1711,7 +1916,8 @@ static int start_admin(fb_node *n, char *err, size_t errlen)
                       admin_metrics, n);
         admin_command(n->admin, "fault",
                       "test clusters only: peer=I|all drop=in|out|both|none delay_ms=N, "
-                      "infer_lie=true|false (forge InferResults), clear=true, or no arguments "
+                      "infer_lie=true|false (forge InferResults), corrupt_state=true|false "
+                      "(serve state chunks with a byte flipped), clear=true, or no arguments "
                       "to show",
                       admin_fault, n);
         admin_command(n->admin, "cache",
@@ -1784,6 +1990,7 @@ int fb_node_start(fb_node *n, char *err, size_t errlen)
     if (rc)
         return rc;
     uv_check_start(&n->turn_end, on_turn_end);
+    uv_timer_start(&n->state_timer, on_state_timer, STATE_TICK_MS, STATE_TICK_MS);
     pbft_event ev = {.kind = PBFT_EV_TICK, .now_ms = now_ms(n)};
     step(n, &ev);
     pbft_status st;
@@ -1816,11 +2023,13 @@ void fb_node_stop(fb_node *n, void (*cb)(void *arg), void *arg)
     n->stop_arg = arg;
     /* What this turn persisted still goes to the store; store_close (in
      * fb_node_free) commits everything submitted before closing. */
-    submit_open_batch(n);
+    submit_open_batch(n, true);
     n->handles_open++; /* the net */
     uv_timer_stop(&n->pbft_timer);
+    uv_timer_stop(&n->state_timer);
     uv_check_stop(&n->turn_end);
     uv_close((uv_handle_t *)&n->pbft_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&n->state_timer, on_handle_closed);
     uv_close((uv_handle_t *)&n->turn_end, on_handle_closed);
     uv_close((uv_handle_t *)&n->bv_async, on_handle_closed);
     uv_close((uv_handle_t *)&n->store_async, on_handle_closed);
@@ -1871,6 +2080,7 @@ void fb_node_free(fb_node *n)
     for (int i = 0; i < CKPT_SNAPSHOTS; i++)
         free(n->snaps[i].client_table);
     free(n->client_conn);
+    free(n->nv_told_at);
     free(n->client_order);
     for (uint32_t i = 0; n->recent_pp && i < n->cfg.log_window; i++)
         pbft_msg_unref(n->recent_pp[i]);

@@ -10,6 +10,7 @@
 #include "store_db.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,7 +32,12 @@ typedef struct batch_rec {
 
 typedef enum batch_op { OP_NONE, OP_EXECUTE, OP_READ, OP_CHUNK, OP_INSTALL } batch_op;
 
-typedef enum install_kind { INSTALL_BEGIN, INSTALL_CHUNK, INSTALL_COMMIT } install_kind;
+typedef enum install_kind {
+    INSTALL_BEGIN,
+    INSTALL_CHUNK,
+    INSTALL_COMMIT,
+    INSTALL_ABORT
+} install_kind;
 
 typedef struct install_step {
     install_kind kind;
@@ -45,7 +51,7 @@ struct store_batch {
     batch_rec *recs;
     size_t nrecs, recs_cap;
     bool has_stable;
-    uint64_t stable_seq;
+    uint64_t stable_seq, undo_upto;
     batch_op op;
     uint64_t seq;   /* execute, chunk */
     uint32_t index; /* chunk */
@@ -63,6 +69,7 @@ struct store_batch {
     size_t *result_lens;
     size_t nresults;
     uint8_t app_digest[FB_DIGEST_LEN];
+    uint64_t kv_keys;
     uint8_t *chunk;
     size_t chunk_len;
     uint32_t chunk_count;
@@ -144,7 +151,7 @@ static uint8_t *copy_bytes(const uint8_t *p, size_t len)
 int store_batch_record(store_batch *b, int kind, int msg_type, uint64_t view, bool changing,
                        uint64_t seq, const uint8_t *raw, size_t raw_len)
 {
-    if (!b || kind < PBFT_REC_VIEW || kind > PBFT_REC_STABLE ||
+    if (!b || kind < PBFT_REC_VIEW || kind > PBFT_REC_ABSTAIN ||
         (kind == PBFT_REC_MSG && (!raw || raw_len == 0)))
         return FB_EINVAL;
     if (b->nrecs == b->recs_cap) {
@@ -165,15 +172,22 @@ int store_batch_record(store_batch *b, int kind, int msg_type, uint64_t view, bo
     return 0;
 }
 
-int store_batch_stable(store_batch *b, uint64_t seq)
+int store_batch_stable_keep(store_batch *b, uint64_t seq, uint64_t undo_upto)
 {
-    if (!b)
+    if (!b || undo_upto > seq)
         return FB_EINVAL;
     /* Two checkpoints stable in one turn: the later one covers the earlier. */
-    if (!b->has_stable || seq > b->stable_seq)
+    if (!b->has_stable || seq > b->stable_seq) {
         b->stable_seq = seq;
+        b->undo_upto = undo_upto;
+    }
     b->has_stable = true;
     return 0;
+}
+
+int store_batch_stable(store_batch *b, uint64_t seq)
+{
+    return store_batch_stable_keep(b, seq, seq);
 }
 
 /* Copy n request buffers into the batch. */
@@ -235,9 +249,10 @@ static int add_step(store_batch *b, install_step st, const uint8_t *data, size_t
 {
     if (!b || (!data && len))
         return FB_EINVAL;
-    bool committed = b->nsteps && b->steps[b->nsteps - 1].kind == INSTALL_COMMIT;
-    if ((b->op != OP_NONE && b->op != OP_INSTALL) || committed ||
-        (st.kind == INSTALL_BEGIN && b->nsteps))
+    bool ended = b->nsteps && (b->steps[b->nsteps - 1].kind == INSTALL_COMMIT ||
+                               b->steps[b->nsteps - 1].kind == INSTALL_ABORT);
+    if ((b->op != OP_NONE && b->op != OP_INSTALL) || ended ||
+        ((st.kind == INSTALL_BEGIN || st.kind == INSTALL_ABORT) && b->nsteps))
         return FB_ESTATE;
     if (b->nsteps == b->steps_cap) {
         size_t cap = b->steps_cap ? b->steps_cap * 2 : 4;
@@ -247,7 +262,7 @@ static int add_step(store_batch *b, install_step st, const uint8_t *data, size_t
         b->steps = s;
         b->steps_cap = cap;
     }
-    if (st.kind != INSTALL_BEGIN && !(st.data = copy_bytes(data, len)))
+    if (st.kind != INSTALL_BEGIN && st.kind != INSTALL_ABORT && !(st.data = copy_bytes(data, len)))
         return FB_ENOMEM;
     st.len = len;
     b->steps[b->nsteps++] = st;
@@ -276,6 +291,11 @@ int store_batch_install_commit(store_batch *b, uint64_t seq,
     return add_step(b, st, client_table, client_table_len);
 }
 
+int store_batch_install_abort(store_batch *b)
+{
+    return add_step(b, (install_step){.kind = INSTALL_ABORT}, NULL, 0);
+}
+
 /* ------------------------------------------------------------ running a batch (store thread) */
 
 static int write_records(store_db *d, const store_batch *b)
@@ -291,6 +311,8 @@ static int write_records(store_db *d, const store_batch *b)
         if (r->raw)
             store_db_bind_blob(st, 6, r->raw, r->raw_len);
         int rc = store_db_exec(d, st);
+        if (!rc && r->kind == PBFT_REC_ABSTAIN && d->resync_pending)
+            rc = store_db_set_resync_pending(d, false); /* the replica knows its bound now */
         if (rc)
             return rc;
     }
@@ -306,11 +328,12 @@ static int gc_exec(store_db *d, store_sql which, int64_t a, int64_t b2, int narg
     return store_db_exec(d, st);
 }
 
-/* Checkpoint seq is stable (PBFT section 4.3): the log below it and the undo
- * rows at or below it are no longer needed.  VIEW-CHANGE and NEW-VIEW records
+/* Checkpoint seq is stable (PBFT section 4.3): the log below it is no longer
+ * needed, nor the undo rows at or below undo_upto (the caller keeps some
+ * below seq to go on serving older checkpoints).  VIEW-CHANGE and NEW-VIEW records
  * are kept for the newest view they name (a replica's own VIEW-CHANGE for its
  * current view must survive); STABLE and VIEW records for the newest one. */
-static int gc_stable(store_db *d, uint64_t seq)
+static int gc_stable(store_db *d, uint64_t seq, uint64_t undo_upto)
 {
     int64_t s = (int64_t)seq;
     int rc = gc_exec(d, SQL_GC_SLOTS, s, 0, 1);
@@ -325,9 +348,9 @@ static int gc_stable(store_db *d, uint64_t seq)
     if (!rc)
         rc = gc_exec(d, SQL_GC_OLDER_VIEW, FEDBFT__MSG_TYPE__MSG_NEW_VIEW, 0, 1);
     if (!rc)
-        rc = gc_exec(d, SQL_UNDO_GC, s, 0, 1);
-    if (!rc && seq > d->undo_floor) {
-        d->undo_floor = seq;
+        rc = gc_exec(d, SQL_UNDO_GC, (int64_t)undo_upto, 0, 1);
+    if (!rc && undo_upto > d->undo_floor) {
+        d->undo_floor = undo_upto;
         d->meta_dirty = true;
     }
     return rc;
@@ -381,6 +404,9 @@ static int run_install(store_db *d, const store_batch *b)
             break;
         case INSTALL_COMMIT:
             rc = store_state_install_commit(d, st->seq, st->digest, st->data, st->len);
+            break;
+        case INSTALL_ABORT:
+            rc = store_state_install_abort(d);
             break;
         }
     }
@@ -441,7 +467,7 @@ static int run_transaction(store_db *d, store_batch *b)
     if (!rc)
         rc = run_op(d, b);
     if (!rc && b->has_stable)
-        rc = gc_stable(d, b->stable_seq);
+        rc = gc_stable(d, b->stable_seq, b->undo_upto);
     if (!rc)
         rc = store_db_meta_save(d);
     if (!rc)
@@ -464,7 +490,7 @@ static void run_batch(store *s, store_batch *b)
     pthread_mutex_lock(&s->db_lock);
     b->status = store_batch_empty(b) ? 0 : run_transaction(&s->db, b);
     lthash_digest(&s->db.hash, b->app_digest);
-    uint64_t keys = s->db.kv_keys;
+    uint64_t keys = b->kv_keys = s->db.kv_keys;
     pthread_mutex_unlock(&s->db_lock);
 
     pthread_mutex_lock(&s->lock);
@@ -556,6 +582,7 @@ static void complete(store_batch *b)
         .chunk = b->chunk,
         .chunk_len = b->chunk_len,
         .chunk_count = b->chunk_count,
+        .kv_keys = b->kv_keys,
     };
     memcpy(res.app_digest, b->app_digest, FB_DIGEST_LEN);
     if (b->done)
@@ -619,6 +646,25 @@ static void db_path(const char *dir, const char *suffix, char *out, size_t len)
     snprintf(out, len, "%s/%s%s", dir, STORE_DB_FILE, suffix);
 }
 
+#define RESYNC_MARKER ".resync"
+
+/* A store_wipe left its marker: record in the (new) database that this
+ * replica lost its log, then drop the marker.  A crash in between sets the
+ * flag again at the next open: harmless. */
+static int take_resync_marker(store *s, const char *dir, char *err, size_t errlen)
+{
+    char path[1100];
+    db_path(dir, RESYNC_MARKER, path, sizeof path);
+    if (access(path, F_OK) != 0)
+        return 0;
+    int rc = store_db_set_resync_pending(&s->db, true);
+    if (rc)
+        return fb_errf(err, errlen, rc, "store: cannot record the resync in %s", s->db.path);
+    if (unlink(path) != 0 && errno != ENOENT)
+        return fb_errf(err, errlen, FB_EIO, "store: cannot delete %s: %s", path, strerror(errno));
+    return 0;
+}
+
 int store_open(const char *dir, cfg_durability durability, store_wake_fn wake, void *wake_arg,
                store **out, char *err, size_t errlen)
 {
@@ -636,6 +682,12 @@ int store_open(const char *dir, cfg_durability durability, store_wake_fn wake, v
     db_path(dir, "", path, sizeof path);
     rc = store_db_open(&s->db, path, durability, err, errlen);
     if (rc) {
+        free(s);
+        return rc;
+    }
+    rc = take_resync_marker(s, dir, err, errlen);
+    if (rc) {
+        store_db_close(&s->db);
         free(s);
         return rc;
     }
@@ -684,10 +736,11 @@ void store_close(store *s)
     free(s);
 }
 
-int store_wipe(const char *dir, char *err, size_t errlen)
+static int delete_files(const char *dir, bool marker_too, char *err, size_t errlen)
 {
-    static const char *const suffix[] = {"", "-wal", "-shm", "-journal"};
-    for (size_t i = 0; i < sizeof suffix / sizeof suffix[0]; i++) {
+    static const char *const suffix[] = {"", "-wal", "-shm", "-journal", RESYNC_MARKER};
+    size_t n = sizeof suffix / sizeof suffix[0] - !marker_too;
+    for (size_t i = 0; i < n; i++) {
         char path[1100];
         db_path(dir, suffix[i], path, sizeof path);
         if (unlink(path) != 0 && errno != ENOENT)
@@ -695,6 +748,41 @@ int store_wipe(const char *dir, char *err, size_t errlen)
                            strerror(errno));
     }
     return 0;
+}
+
+/* Write the marker durably before anything is deleted: a crash in between
+ * leaves a replica that abstains needlessly, never one that forgot its votes
+ * without knowing it. */
+static int write_resync_marker(const char *dir, char *err, size_t errlen)
+{
+    char path[1100];
+    db_path(dir, RESYNC_MARKER, path, sizeof path);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0)
+        return fb_errf(err, errlen, FB_EIO, "store: cannot create %s: %s", path, strerror(errno));
+    int ok = fsync(fd) == 0;
+    close(fd);
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (dfd >= 0) {
+        ok &= fsync(dfd) == 0;
+        close(dfd);
+    }
+    return ok ? 0 : fb_errf(err, errlen, FB_EIO, "store: cannot sync %s", path);
+}
+
+int store_wipe(const char *dir, char *err, size_t errlen)
+{
+    int rc = make_dirs(dir, err, errlen);
+    if (!rc)
+        rc = write_resync_marker(dir, err, errlen);
+    if (!rc)
+        rc = delete_files(dir, false, err, errlen);
+    return rc;
+}
+
+int store_remove(const char *dir, char *err, size_t errlen)
+{
+    return delete_files(dir, true, err, errlen);
 }
 
 /* ------------------------------------------------------------ load */
@@ -789,6 +877,7 @@ int store_load(store *s, store_loaded *out, char *err, size_t errlen)
         rc = load_clients(&s->db, out);
     out->last_executed = s->db.last_executed;
     out->kv_keys = s->db.kv_keys;
+    out->resynced = s->db.resync_pending;
     lthash_digest(&s->db.hash, out->app_digest);
     pthread_mutex_unlock(&s->db_lock);
     if (rc) {

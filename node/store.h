@@ -17,9 +17,10 @@
  * so a checkpoint digest costs O(changes), not O(state).  app_digest =
  * BLAKE2b-256(FB_DOM_STATE, lanes).
  *
- * State at a checkpoint (for state transfer): every change after the stable
- * checkpoint keeps the overwritten value in an undo table, so the state at any
- * seq >= the stable checkpoint can be read while execution goes on.
+ * State at a checkpoint (for state transfer): every change keeps the
+ * overwritten value in an undo table until the stable checkpoint passes it
+ * (or a chosen distance past it, store_batch_stable_keep), so the state at
+ * any seq from there on can be read while execution goes on.
  *
  * Ordering: batches commit and complete in submission order.  A batch holds
  * any number of records, at most one STABLE, and at most one of: an execute,
@@ -63,8 +64,14 @@ int store_open(const char *dir, cfg_durability durability, store_wake_fn wake, v
  * close.  Safe on NULL. */
 void store_close(store *s);
 
-/* Delete the database files in dir (for `fedbft run --resync`). */
+/* For `fedbft run --resync`: delete the database files in dir and leave a
+ * marker (fedbft.db.resync), so that the next store_open records in the new
+ * database that this replica lost its log: store_loaded.resynced stays true
+ * until a PBFT_REC_ABSTAIN record is written (see pbft_abstain_after_wipe). */
 int store_wipe(const char *dir, char *err, size_t errlen);
+
+/* Delete the database files in dir and any resync marker (tests, tools). */
+int store_remove(const char *dir, char *err, size_t errlen);
 
 /* ------------------------------------------------------------ startup */
 
@@ -86,6 +93,7 @@ typedef struct store_loaded {
     size_t client_table_len;
     uint8_t app_digest[FB_DIGEST_LEN];
     uint64_t kv_keys; /* number of keys held */
+    bool resynced;    /* wiped by store_wipe, and no PBFT_REC_ABSTAIN record since */
 } store_loaded;
 
 /* Everything a restarting node needs (synchronous; before the loop runs). */
@@ -109,6 +117,10 @@ int store_batch_record(store_batch *b, int kind, int msg_type, uint64_t view, bo
  * VIEW-CHANGE and NEW-VIEW records than the newest of each) and undo entries
  * at or below seq. */
 int store_batch_stable(store_batch *b, uint64_t seq);
+/* The same, but undo entries go only at or below undo_upto (<= seq), so the
+ * state at checkpoints in (undo_upto, seq] can still be read (served to a
+ * replica that is fetching an older checkpoint). */
+int store_batch_stable_keep(store_batch *b, uint64_t seq, uint64_t undo_upto);
 
 /* Execute committed batch seq: each request is a serialized REQUEST envelope
  * (copied).  Results (packed Fedbft__Result, one per request, in order), the
@@ -136,6 +148,9 @@ int store_batch_install_chunk(store_batch *b, const uint8_t *data, size_t len);
 int store_batch_install_commit(store_batch *b, uint64_t seq,
                                const uint8_t expect_app_digest[FB_DIGEST_LEN],
                                const uint8_t *client_table, size_t client_table_len);
+/* Give an install up: empty the staging area (the KV state is untouched); a
+ * later chunk needs a new begin.  Alone in its batch. */
+int store_batch_install_abort(store_batch *b);
 
 /* What a finished batch produced (valid during the callback only). */
 typedef struct store_result {
@@ -146,6 +161,7 @@ typedef struct store_result {
     const uint8_t *const *results;
     const size_t *result_lens;
     uint8_t app_digest[FB_DIGEST_LEN]; /* after execute or install */
+    uint64_t kv_keys;                  /* keys held after the batch */
     /* state chunk */
     const uint8_t *chunk;
     size_t chunk_len;

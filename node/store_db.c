@@ -223,12 +223,23 @@ static int meta_get_int(store_db *d, const char *k, int64_t *out)
     return ret;
 }
 
+int store_db_set_resync_pending(store_db *d, bool on)
+{
+    int rc = meta_set_int(d, "resync_pending", on);
+    if (!rc)
+        d->resync_pending = on;
+    return rc;
+}
+
 int store_db_meta_load(store_db *d)
 {
-    int64_t last, keys, floor_, inst;
+    int64_t last, keys, floor_, inst, resync = 0;
     if (meta_get_int(d, "last_executed", &last) || meta_get_int(d, "kv_keys", &keys) ||
         meta_get_int(d, "undo_floor", &floor_) || meta_get_int(d, "install_seq", &inst))
         return FB_ECORRUPT;
+    int rrc = meta_get_int(d, "resync_pending", &resync); /* absent in older files */
+    if (rrc && rrc != FB_ENOENT)
+        return rrc;
     sqlite3_stmt *st;
     int rc = sqlite3_prepare_v2(d->db, "SELECT v FROM meta WHERE k = 'lthash'", -1, &st, NULL);
     if (rc != SQLITE_OK)
@@ -245,6 +256,7 @@ int store_db_meta_load(store_db *d)
     d->kv_keys = (uint64_t)keys;
     d->undo_floor = (uint64_t)floor_;
     d->install_seq = inst;
+    d->resync_pending = resync != 0;
     d->meta_dirty = false;
     return 0;
 }

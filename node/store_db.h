@@ -85,6 +85,7 @@ typedef struct store_db {
     lthash hash;
     uint64_t kv_keys, last_executed, undo_floor;
     int64_t install_seq; /* seq the staging area is being filled for; -1 = none */
+    bool resync_pending; /* meta resync_pending: wiped, no ABSTAIN record since */
     bool meta_dirty;
     /* Scratch for a value read before it is overwritten (bounded by the
      * largest value). */
@@ -139,8 +140,12 @@ void store_db_drop_bounds(store_db *d);
  * empty state is one empty chunk). */
 int store_state_chunk(store_db *d, uint64_t seq, uint32_t index, uint8_t **out, size_t *len,
                       uint32_t *count);
+/* Set meta resync_pending (in the caller's transaction, if any). */
+int store_db_set_resync_pending(store_db *d, bool on);
+
 int store_state_install_begin(store_db *d, uint64_t seq);
 int store_state_install_chunk(store_db *d, const uint8_t *data, size_t len);
+int store_state_install_abort(store_db *d);
 int store_state_install_commit(store_db *d, uint64_t seq, const uint8_t expect[FB_DIGEST_LEN],
                                const uint8_t *client_table, size_t client_table_len);
 

@@ -300,6 +300,16 @@ int store_state_install_begin(store_db *d, uint64_t seq)
     return 0;
 }
 
+int store_state_install_abort(store_db *d)
+{
+    int rc = store_db_exec(d, store_db_stmt(d, SQL_STAGE_CLEAR));
+    if (rc)
+        return rc;
+    d->install_seq = -1;
+    d->meta_dirty = true;
+    return 0;
+}
+
 int store_state_install_chunk(store_db *d, const uint8_t *data, size_t len)
 {
     if (d->install_seq < 0)

@@ -1,6 +1,7 @@
 /* test_pbft.c - the replica state machine in a tiny lossless in-process
  * cluster: normal case, digest caching, watermarks, checkpoints and garbage
- * collection, exactly-once, view change on a silent primary, restore.
+ * collection, exactly-once, view change on a silent primary, restore,
+ * rejected messages counted by reason, a wiped replica that abstains.
  * (Faults, Byzantine replicas and thousands of seeds live in tests/sim.) */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -18,6 +19,7 @@
 #define MAXN 7
 #define MAXQ 20000
 #define CLIENT0 1000
+#define MAXSNAP 256 /* checkpoint seqs the harness keeps states of */
 
 typedef struct {
     uint32_t to;
@@ -44,6 +46,15 @@ typedef struct {
     size_t ct_len[MAXN];
     fb_identity clients[8];
     pbft_config cfg;
+    /* checkpoint states, for FETCH_STATE: app digest and client table */
+    bool snap_have[MAXSNAP];
+    uint8_t snap_app[MAXSNAP][FB_DIGEST_LEN];
+    uint8_t *snap_ct[MAXSNAP];
+    size_t snap_ct_len[MAXSNAP];
+    /* votes sent, per replica: lowest seq of a PRE-PREPARE, PREPARE or COMMIT
+     * sent, and VIEW-CHANGEs sent (since the test reset them) */
+    uint64_t min_vote[MAXN];
+    uint32_t vcs_sent[MAXN];
 } cluster;
 
 static void sign_cb(void *arg, const uint8_t d[FB_DIGEST_LEN], uint8_t sig[FB_SIG_LEN])
@@ -94,6 +105,58 @@ static void execute(cluster *c, uint32_t i, const pbft_action *a)
         free(c->ct_disk[i]);
         assert_int_equal(pbft_client_table_export(c->r[i], &c->ct_disk[i], &c->ct_len[i]), 0);
     }
+    uint64_t seq = a->execute.seq;
+    if (a->execute.checkpoint && seq < MAXSNAP && !c->snap_have[seq]) {
+        c->snap_have[seq] = true;
+        memcpy(c->snap_app[seq], c->app[i], FB_DIGEST_LEN);
+        c->snap_ct[seq] = malloc(c->ct_len[i] ? c->ct_len[i] : 1);
+        memcpy(c->snap_ct[seq], c->ct_disk[i], c->ct_len[i]);
+        c->snap_ct_len[seq] = c->ct_len[i];
+    }
+}
+
+/* State transfer, instantly, from the states kept at checkpoints. */
+static void fetch_state(cluster *c, uint32_t i, const pbft_action *a)
+{
+    uint64_t seq = a->fetch.seq;
+    if (seq >= MAXSNAP || !c->snap_have[seq])
+        return; /* the replica asks again */
+    memcpy(c->app[i], c->snap_app[seq], FB_DIGEST_LEN);
+    c->last_exec_disk[i] = seq;
+    free(c->ct_disk[i]);
+    c->ct_disk[i] = malloc(c->snap_ct_len[seq] ? c->snap_ct_len[seq] : 1);
+    memcpy(c->ct_disk[i], c->snap_ct[seq], c->snap_ct_len[seq]);
+    c->ct_len[i] = c->snap_ct_len[seq];
+    pbft_event ev = {.kind = PBFT_EV_STATE_INSTALLED, .now_ms = c->now};
+    ev.installed.seq = seq;
+    memcpy(ev.installed.app_digest, c->snap_app[seq], FB_DIGEST_LEN);
+    ev.installed.client_table = c->snap_ct[seq];
+    ev.installed.client_table_len = c->snap_ct_len[seq];
+    step(c, i, &ev);
+}
+
+/* Note the votes replica i sends. */
+static void watch_votes(cluster *c, uint32_t i, const pbft_msg *m)
+{
+    uint64_t seq = 0;
+    switch (m->type) {
+    case FEDBFT__MSG_TYPE__MSG_PRE_PREPARE:
+        seq = m->u.pre_prepare->seq;
+        break;
+    case FEDBFT__MSG_TYPE__MSG_PREPARE:
+        seq = m->u.prepare->seq;
+        break;
+    case FEDBFT__MSG_TYPE__MSG_COMMIT:
+        seq = m->u.commit->seq;
+        break;
+    case FEDBFT__MSG_TYPE__MSG_VIEW_CHANGE:
+        c->vcs_sent[i]++;
+        return;
+    default:
+        return;
+    }
+    if (seq < c->min_vote[i])
+        c->min_vote[i] = seq;
 }
 
 static void carry_out(cluster *c, uint32_t i, const pbft_action *acts, size_t n)
@@ -106,6 +169,8 @@ static void carry_out(cluster *c, uint32_t i, const pbft_action *acts, size_t n)
             pbft_msg_ref(copy[k].msg);
     for (size_t k = 0; k < n; k++) {
         const pbft_action *a = &copy[k];
+        if (a->kind == PBFT_ACT_SEND || a->kind == PBFT_ACT_BROADCAST)
+            watch_votes(c, i, a->msg);
         switch (a->kind) {
         case PBFT_ACT_SEND:
             enqueue(c, a->to, a->msg);
@@ -128,6 +193,9 @@ static void carry_out(cluster *c, uint32_t i, const pbft_action *acts, size_t n)
         case PBFT_ACT_REPLY:
             if (a->reply.client >= CLIENT0 && a->reply.timestamp < 64)
                 c->replies[a->reply.client - CLIENT0][a->reply.timestamp]++;
+            break;
+        case PBFT_ACT_FETCH_STATE:
+            fetch_state(c, i, a);
             break;
         default:
             break;
@@ -200,6 +268,8 @@ static void cluster_free(cluster *c)
             pbft_msg_unref(c->recs[i][k].msg);
         free(c->ct_disk[i]);
     }
+    for (uint32_t k = 0; k < MAXSNAP; k++)
+        free(c->snap_ct[k]);
 }
 
 /* Deliver messages (through the real parse path) until the network is quiet. */
@@ -286,6 +356,112 @@ static void assert_same_state(cluster *c, uint64_t min_executed)
     }
 }
 
+/* A PRE-PREPARE for (view, seq) carrying req, signed by replica `sender`. */
+static pbft_msg *make_pp(cluster *c, uint64_t view, uint64_t seq, uint32_t sender, pbft_msg *req)
+{
+    uint8_t d[FB_DIGEST_LEN];
+    pbft_batch_digest(0, &req, 1, NULL, d);
+    Fedbft__PrePrepare pp = FEDBFT__PRE_PREPARE__INIT;
+    pp.view = view;
+    pp.seq = seq;
+    pp.digest = (ProtobufCBinaryData){FB_DIGEST_LEN, d};
+    Fedbft__Envelope *envs[1] = {req->env};
+    pp.requests = envs;
+    pp.n_requests = 1;
+    pbft_signer ps = {sign_cb, &c->keys[sender]};
+    pbft_msg *m = NULL;
+    assert_int_equal(pbft_msg_make_batch(FEDBFT__MSG_TYPE__MSG_PRE_PREPARE, sender, &pp.base, &req,
+                                         1, &ps, NULL, &m),
+                     0);
+    return m;
+}
+
+/* A PREPARE or COMMIT for (view, seq, digest) signed by replica `sender`. */
+static pbft_msg *make_vote(cluster *c, int type, uint64_t view, uint64_t seq,
+                           const uint8_t digest[FB_DIGEST_LEN], uint32_t sender)
+{
+    ProtobufCBinaryData d = {FB_DIGEST_LEN, (uint8_t *)digest};
+    Fedbft__Prepare p = FEDBFT__PREPARE__INIT;
+    Fedbft__Commit cm = FEDBFT__COMMIT__INIT;
+    p.view = cm.view = view;
+    p.seq = cm.seq = seq;
+    p.digest = cm.digest = d;
+    p.replica = cm.replica = sender;
+    pbft_signer ps = {sign_cb, &c->keys[sender]};
+    pbft_msg *m = NULL;
+    const ProtobufCMessage *payload =
+        type == FEDBFT__MSG_TYPE__MSG_PREPARE ? &p.base : (const ProtobufCMessage *)&cm.base;
+    assert_int_equal(pbft_msg_make(type, sender, payload, &ps, NULL, &m), 0);
+    return m;
+}
+
+/* Hand replica `to` a message as if it came off the wire, then let the
+ * cluster run.  m is consumed. */
+static void inject(cluster *c, uint32_t to, pbft_msg *m)
+{
+    pbft_msg *p = NULL;
+    char err[128];
+    assert_int_equal(pbft_parse(c->r[to], m->raw, m->raw_len, &p, err, sizeof err), 0);
+    pbft_event ev = {.kind = PBFT_EV_MESSAGE, .now_ms = c->now, .msg = p};
+    step(c, to, &ev);
+    pbft_msg_unref(p);
+    pbft_msg_unref(m);
+    run(c);
+}
+
+/* The PRE-PREPARE replica i logged for seq (borrowed). */
+static pbft_msg *logged_pp(cluster *c, uint32_t i, uint64_t seq)
+{
+    for (size_t k = c->nrecs[i]; k-- > 0;) {
+        pbft_msg *m = c->recs[i][k].msg;
+        if (m && m->type == FEDBFT__MSG_TYPE__MSG_PRE_PREPARE && m->u.pre_prepare->seq == seq)
+            return m;
+    }
+    fail_msg("replica %u logged no PRE-PREPARE for seq %llu", i, (unsigned long long)seq);
+    return NULL;
+}
+
+/* Each rejection reason counted exactly once per offending message, at
+ * replica 1, with the executed state unchanged everywhere. */
+typedef struct {
+    uint64_t by[PBFT_REJ_COUNT];
+    uint64_t executed[MAXN];
+    uint8_t app[MAXN][FB_DIGEST_LEN];
+} snapshot;
+
+static void take(cluster *c, snapshot *s)
+{
+    pbft_status st = status(c, 1);
+    memcpy(s->by, st.rejected_by, sizeof s->by);
+    uint64_t sum = 0;
+    for (int k = 0; k < PBFT_REJ_COUNT; k++)
+        sum += st.rejected_by[k];
+    assert_int_equal(st.rejected, sum);
+    for (uint32_t i = 0; i < c->n; i++) {
+        s->executed[i] = status(c, i).last_executed;
+        memcpy(s->app[i], c->app[i], FB_DIGEST_LEN);
+    }
+}
+
+/* Since `before`: replica 1 counted one message for `why` (and nothing for
+ * any other reason), and no replica executed anything. */
+static void expect_one(cluster *c, const snapshot *before, pbft_reject why)
+{
+    snapshot now;
+    take(c, &now);
+    for (int k = 0; k < PBFT_REJ_COUNT; k++) {
+        uint64_t d = now.by[k] - before->by[k];
+        if (d != (k == (int)why ? 1u : 0u))
+            fail_msg("reason %s: %llu new rejections (expected one for %s)",
+                     pbft_reject_name((pbft_reject)k), (unsigned long long)d,
+                     pbft_reject_name(why));
+    }
+    for (uint32_t i = 0; i < c->n; i++) {
+        assert_int_equal(now.executed[i], before->executed[i]);
+        assert_memory_equal(now.app[i], before->app[i], FB_DIGEST_LEN);
+    }
+}
+
 /* ------------------------------------------------------------ tests */
 
 static void test_normal_case_and_digest_counts(void **state)
@@ -346,25 +522,12 @@ static void test_watermark_edges(void **state)
     (void)state;
     cluster *c = calloc(1, sizeof *c);
     cluster_init(c, 4, 4, 8); /* h = 0, H = 8 */
-    pbft_signer ps = {sign_cb, &c->keys[0]};
     pbft_msg *req = make_request(c, 0, 1, false);
     uint64_t seqs[] = {0, 1, 8, 9};
     bool accept[] = {false, true, true, false};
     for (int k = 0; k < 4; k++) {
-        uint8_t d[FB_DIGEST_LEN];
-        pbft_batch_digest(0, &req, 1, NULL, d);
-        Fedbft__PrePrepare pp = FEDBFT__PRE_PREPARE__INIT;
-        pp.view = 0;
-        pp.seq = seqs[k];
-        pp.digest = (ProtobufCBinaryData){FB_DIGEST_LEN, d};
-        Fedbft__Envelope *envs[1] = {req->env};
-        pp.requests = envs;
-        pp.n_requests = 1;
-        pbft_msg *m = NULL;
-        assert_int_equal(pbft_msg_make_batch(FEDBFT__MSG_TYPE__MSG_PRE_PREPARE, 0, &pp.base, &req,
-                                             1, &ps, NULL, &m),
-                         0);
-        uint64_t before = status(c, 1).rejected;
+        pbft_msg *m = make_pp(c, 0, seqs[k], 0, req);
+        uint64_t before = status(c, 1).rejected_by[PBFT_REJ_WATERMARK];
         size_t n = 0;
         pbft_event ev = {.kind = PBFT_EV_MESSAGE, .now_ms = 0, .msg = m};
         const pbft_action *a = pbft_step(c->r[1], &ev, &n);
@@ -373,7 +536,7 @@ static void test_watermark_edges(void **state)
             prepared |=
                 a[j].kind == PBFT_ACT_BROADCAST && a[j].msg->type == FEDBFT__MSG_TYPE__MSG_PREPARE;
         assert_int_equal(prepared, accept[k]);
-        assert_int_equal(status(c, 1).rejected - before, accept[k] ? 0 : 1);
+        assert_int_equal(status(c, 1).rejected_by[PBFT_REJ_WATERMARK] - before, accept[k] ? 0 : 1);
         pbft_msg_unref(m);
     }
     pbft_msg_unref(req);
@@ -506,6 +669,211 @@ static void test_restart_during_view_change(void **state)
     free(c);
 }
 
+static void test_rejections_by_reason(void **state)
+{
+    (void)state;
+    cluster *c = calloc(1, sizeof *c);
+    cluster_init(c, 4, 4, 16);
+    for (uint64_t ts = 1; ts <= 2; ts++) {
+        submit(c, 0, ts, false);
+        run(c);
+    }
+    assert_same_state(c, 2);
+    pbft_msg *req = make_request(c, 1, 7, false), *other = make_request(c, 1, 8, false);
+    snapshot before;
+
+    /* The primary equivocates on a committed slot... */
+    const uint8_t *d1 = logged_pp(c, 1, 1)->u.pre_prepare->digest.data;
+    uint8_t digest1[FB_DIGEST_LEN], wrong[FB_DIGEST_LEN];
+    memcpy(digest1, d1, FB_DIGEST_LEN);
+    memset(wrong, 0xee, sizeof wrong);
+    take(c, &before);
+    inject(c, 1, make_pp(c, 0, 1, 0, req));
+    expect_one(c, &before, PBFT_REJ_EQUIVOCATION);
+    /* ...and on a fresh one: the first PRE-PREPARE is accepted (replica 1
+     * prepares it), the second is refused and not prepared. */
+    inject(c, 1, make_pp(c, 0, 9, 0, req));
+    take(c, &before);
+    inject(c, 1, make_pp(c, 0, 9, 0, other));
+    expect_one(c, &before, PBFT_REJ_EQUIVOCATION);
+    /* the same PRE-PREPARE again is a duplicate */
+    take(c, &before);
+    inject(c, 1, pbft_msg_ref(logged_pp(c, 1, 1)));
+    expect_one(c, &before, PBFT_REJ_DUPLICATE);
+
+    /* Replica 2 repeats its PREPARE for seq 1, then contradicts it; replica
+     * 3 contradicts its COMMIT. */
+    take(c, &before);
+    inject(c, 1, make_vote(c, FEDBFT__MSG_TYPE__MSG_PREPARE, 0, 1, digest1, 2));
+    expect_one(c, &before, PBFT_REJ_DUPLICATE);
+    take(c, &before);
+    inject(c, 1, make_vote(c, FEDBFT__MSG_TYPE__MSG_PREPARE, 0, 1, wrong, 2));
+    expect_one(c, &before, PBFT_REJ_EQUIVOCATION);
+    take(c, &before);
+    inject(c, 1, make_vote(c, FEDBFT__MSG_TYPE__MSG_COMMIT, 0, 1, wrong, 3));
+    expect_one(c, &before, PBFT_REJ_EQUIVOCATION);
+    /* A vote for a seq past the high watermark. */
+    take(c, &before);
+    inject(c, 1, make_vote(c, FEDBFT__MSG_TYPE__MSG_COMMIT, 0, 17, wrong, 3));
+    expect_one(c, &before, PBFT_REJ_WATERMARK);
+
+    /* A backup proposes. */
+    take(c, &before);
+    inject(c, 1, make_pp(c, 0, 10, 2, req));
+    expect_one(c, &before, PBFT_REJ_NOT_PRIMARY);
+
+    /* A VIEW-CHANGE claiming a stable checkpoint without its proof. */
+    Fedbft__ViewChange vc = FEDBFT__VIEW_CHANGE__INIT;
+    vc.new_view = 1;
+    vc.stable_seq = 4;
+    vc.replica = 2;
+    pbft_signer s2 = {sign_cb, &c->keys[2]};
+    pbft_msg *bad_vc = NULL;
+    assert_int_equal(
+        pbft_msg_make(FEDBFT__MSG_TYPE__MSG_VIEW_CHANGE, 2, &vc.base, &s2, NULL, &bad_vc), 0);
+    take(c, &before);
+    inject(c, 1, bad_vc);
+    expect_one(c, &before, PBFT_REJ_BAD_VIEW_CHANGE);
+    assert_int_equal(status(c, 1).view, 0);
+    assert_false(status(c, 1).view_changing);
+
+    /* The primary goes silent; after the view change, messages of view 0
+     * are stale. */
+    c->down[0] = true;
+    submit(c, 0, 3, false);
+    run(c);
+    for (int k = 0; k < 20 && (status(c, 1).view == 0 || status(c, 1).view_changing); k++)
+        tick(c, 500);
+    assert_int_equal(status(c, 1).view, 1);
+    assert_false(status(c, 1).view_changing);
+    take(c, &before);
+    inject(c, 1, make_pp(c, 0, 11, 0, req));
+    expect_one(c, &before, PBFT_REJ_STALE_VIEW);
+    take(c, &before);
+    inject(c, 1, make_vote(c, FEDBFT__MSG_TYPE__MSG_PREPARE, 0, 11, wrong, 2));
+    expect_one(c, &before, PBFT_REJ_STALE_VIEW);
+
+    /* None of it diverted the cluster: a new request executes everywhere
+     * alive with the same state. */
+    submit(c, 0, 4, false);
+    run(c);
+    for (uint32_t i = 1; i < 4; i++) {
+        assert_int_equal(status(c, i).last_executed, status(c, 1).last_executed);
+        assert_memory_equal(c->app[i], c->app[1], FB_DIGEST_LEN);
+        assert_int_equal(status(c, i).rejected_by[PBFT_REJ_EQUIVOCATION], i == 1 ? 4 : 0);
+    }
+    assert_int_equal(c->replies[0][4], 3);
+    pbft_msg_unref(req);
+    pbft_msg_unref(other);
+    cluster_free(c);
+    free(c);
+}
+
+static void test_reject_names(void **state)
+{
+    (void)state;
+    const char *want[PBFT_REJ_COUNT] = {
+        "stale_view",          "not_primary",      "equivocation",       "watermark", "duplicate",
+        "invalid_view_change", "invalid_new_view", "invalid_checkpoint", "invalid"};
+    for (int k = 0; k < PBFT_REJ_COUNT; k++)
+        assert_string_equal(pbft_reject_name((pbft_reject)k), want[k]);
+    assert_string_equal(pbft_reject_name(PBFT_REJ_COUNT), "unknown");
+}
+
+/* Replica 3 loses its disk and comes back with pbft_abstain_after_wipe. */
+static void wipe_and_restart(cluster *c, uint32_t i)
+{
+    pbft_free(c->r[i]);
+    for (size_t k = 0; k < c->nrecs[i]; k++)
+        pbft_msg_unref(c->recs[i][k].msg);
+    c->nrecs[i] = 0;
+    c->last_exec_disk[i] = 0;
+    free(c->ct_disk[i]);
+    c->ct_disk[i] = NULL;
+    c->ct_len[i] = 0;
+    memset(c->app[i], 0, FB_DIGEST_LEN);
+    pbft_config cfg = c->cfg;
+    cfg.id = i;
+    cfg.signer = (pbft_signer){sign_cb, &c->keys[i]};
+    char err[128];
+    assert_int_equal(pbft_new(&cfg, &c->r[i], err, sizeof err), 0);
+    pbft_abstain_after_wipe(c->r[i]);
+    assert_int_equal(pbft_restore(c->r[i], NULL, 0, 0, NULL, 0), 0);
+    c->min_vote[i] = UINT64_MAX;
+    c->vcs_sent[i] = 0;
+}
+
+static bool logged_abstain(cluster *c, uint32_t i, uint64_t seq)
+{
+    for (size_t k = 0; k < c->nrecs[i]; k++)
+        if (c->recs[i][k].kind == PBFT_REC_ABSTAIN && c->recs[i][k].seq == seq)
+            return true;
+    return false;
+}
+
+/* A wiped replica votes for nothing until it knows a stable checkpoint S,
+ * then for nothing up to S + L (persisted, so a crash keeps it), and no
+ * VIEW-CHANGE meanwhile; it executes all along and votes again past it. */
+static void test_abstain_after_wipe(void **state)
+{
+    (void)state;
+    cluster *c = calloc(1, sizeof *c);
+    cluster_init(c, 4, 4, 8);
+    uint64_t ts = 1;
+    for (; ts <= 10; ts++) {
+        submit(c, 0, ts, false);
+        run(c);
+    }
+    assert_same_state(c, 10);
+    wipe_and_restart(c, 3);
+    assert_true(status(c, 3).abstain_pending);
+    /* Idle cluster: the retransmitted checkpoints tell replica 3 where the
+     * cluster stands; it fetches checkpoint 8. */
+    for (int k = 0; k < 5 && status(c, 3).last_executed < 8; k++)
+        tick(c, 300);
+    pbft_status st = status(c, 3);
+    assert_false(st.abstain_pending);
+    assert_int_equal(st.stable_seq, 8);
+    assert_int_equal(st.abstain_until, 8 + 8);
+    assert_true(logged_abstain(c, 3, 16));
+    assert_true(c->min_vote[3] > 16);
+    /* A crash now keeps the bound (the record), and a view change meanwhile
+     * gets no VIEW-CHANGE from it. */
+    restart(c, 3);
+    assert_int_equal(status(c, 3).abstain_until, 16);
+    assert_false(status(c, 3).abstain_pending);
+    for (uint32_t i = 0; i < 4; i++) {
+        pbft_event ev = {.kind = PBFT_EV_VIEW_CHANGE, .now_ms = c->now};
+        step(c, i, &ev);
+    }
+    run(c);
+    for (uint32_t i = 0; i < 4; i++) {
+        assert_int_equal(status(c, i).view, 1);
+        assert_false(status(c, i).view_changing);
+    }
+    assert_int_equal(c->vcs_sent[3], 0);
+    assert_true(c->min_vote[3] > 16);
+    /* Load: replica 3 keeps up, without votes of its own: it commits on the
+     * others' votes, or fetches the next checkpoint when it missed some (no
+     * one answers a replica that does not re-send its votes). */
+    for (; ts <= 22; ts++) {
+        submit(c, 1, ts, false);
+        run(c);
+        assert_true(c->min_vote[3] > 16);
+        assert_true(status(c, 3).last_executed + 4 >= status(c, 0).last_executed);
+    }
+    /* Past the bound (stable >= 16), it votes again. */
+    for (; ts <= 40; ts++) {
+        submit(c, 1, ts, false);
+        run(c);
+    }
+    assert_same_state(c, status(c, 0).last_executed);
+    assert_true(status(c, 3).stable_seq >= 16);
+    assert_true(c->min_vote[3] > 16 && c->min_vote[3] < UINT64_MAX);
+    cluster_free(c);
+    free(c);
+}
+
 static void test_config_errors(void **state)
 {
     (void)state;
@@ -537,6 +905,9 @@ int main(void)
         cmocka_unit_test(test_silent_primary_is_replaced),
         cmocka_unit_test(test_restart_from_records),
         cmocka_unit_test(test_restart_during_view_change),
+        cmocka_unit_test(test_rejections_by_reason),
+        cmocka_unit_test(test_reject_names),
+        cmocka_unit_test(test_abstain_after_wipe),
         cmocka_unit_test(test_config_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

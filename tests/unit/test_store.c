@@ -2,7 +2,9 @@
  * records and their GC, KV execution (every operation and CAS branch),
  * determinism across stores, the LtHash state digest, the client-table blob,
  * durability modes, crash safety (fork + SIGKILL), corruption, state chunks at
- * an old checkpoint, verified installs and the bounded queue. */
+ * an old checkpoint, verified installs and the bounded queue; and state
+ * transfer between node_state instances over real stores (node_state.c):
+ * corrupt, silent and unable peers, retries that must not restart. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,6 +14,7 @@
 #include "envelope.h"
 #include "fb_error.h"
 #include "keys.h"
+#include "node_state.h"
 #include "pbft.h"
 #include "pbft_clients.h"
 #include "store.h"
@@ -118,7 +121,7 @@ static int teardown(void **state)
 {
     fx *f = *state;
     fx_close(f);
-    store_wipe(f->dir, NULL, 0);
+    store_remove(f->dir, NULL, 0);
     rmdir(f->dir);
     pthread_cond_destroy(&f->w.c);
     pthread_mutex_destroy(&f->w.m);
@@ -658,7 +661,7 @@ static void fx_init_dir(fx *f)
 static void fx_destroy(fx *f)
 {
     fx_close(f);
-    store_wipe(f->dir, NULL, 0);
+    store_remove(f->dir, NULL, 0);
     rmdir(f->dir);
     pthread_cond_destroy(&f->w.c);
     pthread_mutex_destroy(&f->w.m);
@@ -1126,9 +1129,31 @@ static void test_corrupt_header(void **state)
     assert_int_equal(pwrite(fd, junk, sizeof junk, 0), sizeof junk);
     close(fd);
     expect_open_fails(f, FB_ECORRUPT, "fedbft run --resync");
-    /* --resync wipes it; a fresh store opens. */
+    /* --resync wipes it; a fresh store opens, knowing it was wiped until the
+     * replica records its abstention bound. */
     assert_int_equal(store_wipe(f->dir, NULL, 0), 0);
     fx_open(f, CFG_DURABILITY_OS);
+    store_loaded ld;
+    load(f, &ld);
+    assert_true(ld.resynced);
+    assert_int_equal(ld.last_executed, 0);
+    store_loaded_free(&ld);
+    fx_close(f);
+    fx_open(f, CFG_DURABILITY_OS); /* still, after a restart */
+    load(f, &ld);
+    assert_true(ld.resynced);
+    store_loaded_free(&ld);
+    store_batch *b = store_batch_new();
+    assert_int_equal(store_batch_record(b, PBFT_REC_ABSTAIN, 0, 0, false, 80, NULL, 0), 0);
+    outcome_free(run(f, b));
+    fx_close(f);
+    fx_open(f, CFG_DURABILITY_OS);
+    load(f, &ld);
+    assert_false(ld.resynced);
+    assert_int_equal(ld.nrecords, 1);
+    assert_int_equal(ld.records[0].kind, PBFT_REC_ABSTAIN);
+    assert_int_equal(ld.records[0].seq, 80);
+    store_loaded_free(&ld);
 }
 
 static void test_corrupt_truncated(void **state)
@@ -1564,6 +1589,387 @@ static void test_install(void **state)
     model_free(&at5);
 }
 
+/* A checkpoint kept for serving stays readable until store_batch_stable_keep
+ * lets its undo rows go. */
+static void test_stable_keep(void **state)
+{
+    fx *f = *state;
+    model now = {0}, at5 = {0};
+    build_history(f, &now, &at5);
+    store_batch *b = store_batch_new();
+    assert_int_equal(store_batch_stable_keep(b, 8, 9), FB_EINVAL);
+    assert_int_equal(store_batch_stable_keep(b, 8, 5), 0);
+    outcome *o = run(f, b);
+    assert_int_equal(o->status, 0);
+    outcome_free(o);
+    uint8_t **chunks;
+    size_t *lens;
+    uint32_t count;
+    read_chunks(f, 5, &at5, &chunks, &lens, &count); /* 5 is still there */
+    free_chunks(chunks, lens, count);
+    b = store_batch_new();
+    assert_int_equal(store_batch_state_chunk(b, 4, 0), 0);
+    o = run(f, b);
+    assert_int_not_equal(o->status, 0); /* below what was kept */
+    outcome_free(o);
+    b = store_batch_new();
+    assert_int_equal(store_batch_stable(b, 8), 0);
+    outcome_free(run(f, b));
+    b = store_batch_new();
+    assert_int_equal(store_batch_state_chunk(b, 5, 0), 0);
+    o = run(f, b);
+    assert_int_not_equal(o->status, 0); /* now gone */
+    outcome_free(o);
+    model_free(&now);
+    model_free(&at5);
+}
+
+/* ------------------------------------------------------------ state transfer (node_state) */
+
+/* Four replicas: 0..2 serve checkpoint 5 from one store (src), 3 fetches it
+ * into its own (dst).  Messages travel through a queue the test drains;
+ * time is a counter the test moves. */
+#define XQ 256
+
+typedef struct xmsg {
+    uint32_t from, to;
+    int type;
+    uint8_t *payload;
+    size_t len;
+} xmsg;
+
+typedef struct xnode {
+    struct xfer *x;
+    uint32_t id;
+    node_state *ns;
+} xnode;
+
+typedef struct xfer {
+    fx src, dst;
+    waiter w; /* both stores wake it */
+    xnode nodes[4];
+    xmsg q[XQ];
+    size_t nq;
+    uint64_t now;
+    bool silent[4];      /* messages to this replica are lost */
+    bool no_snapshot[4]; /* this replica restarted: nothing to serve */
+    uint32_t chunk0_requests;
+    uint64_t installed_seq;
+    uint8_t installed_app[FB_DIGEST_LEN];
+    /* checkpoint 5 */
+    store_loaded at;
+    uint8_t cert[FB_DIGEST_LEN];
+    model at5;
+} xfer;
+
+static int x_send(void *arg, uint32_t to, int type, const ProtobufCMessage *payload)
+{
+    xnode *n = arg;
+    xfer *x = n->x;
+    assert_true(x->nq < XQ);
+    if (type == FEDBFT__MSG_TYPE__MSG_STATE_REQUEST &&
+        ((const Fedbft__StateRequest *)payload)->chunk == 0)
+        x->chunk0_requests++;
+    if (x->silent[to])
+        return 0;
+    xmsg *m = &x->q[x->nq++];
+    m->from = n->id;
+    m->to = to;
+    m->type = type;
+    m->len = protobuf_c_message_get_packed_size(payload);
+    m->payload = malloc(m->len + 1);
+    protobuf_c_message_pack(payload, m->payload);
+    return 0;
+}
+
+static int x_submit(void *arg, store_batch *b, store_done_fn done, void *done_arg)
+{
+    xnode *n = arg;
+    return store_submit(n->id == 3 ? n->x->dst.s : n->x->src.s, b, done, done_arg);
+}
+
+static bool x_snapshot(void *arg, uint64_t seq, const uint8_t **app, const uint8_t **ct,
+                       size_t *len)
+{
+    xnode *n = arg;
+    xfer *x = n->x;
+    if (seq != 5 || x->no_snapshot[n->id])
+        return false;
+    *app = x->at.app_digest;
+    *ct = x->at.client_table;
+    *len = x->at.client_table_len;
+    return true;
+}
+
+static void x_installed(void *arg, uint64_t seq, const uint8_t app[FB_DIGEST_LEN],
+                        const uint8_t *ct, size_t len)
+{
+    xnode *n = arg;
+    (void)ct;
+    (void)len;
+    n->x->installed_seq = seq;
+    memcpy(n->x->installed_app, app, FB_DIGEST_LEN);
+}
+
+static uint64_t x_now(void *arg)
+{
+    return ((xnode *)arg)->x->now;
+}
+
+/* Reopen a store so that it wakes the transfer's shared waiter. */
+static void xfer_share_wakes(xfer *x, fx *f)
+{
+    fx_close(f);
+    char err[256];
+    assert_int_equal(store_open(f->dir, CFG_DURABILITY_OS, on_wake, &x->w, &f->s, err, sizeof err),
+                     0);
+}
+
+static xfer *xfer_new(void)
+{
+    xfer *x = calloc(1, sizeof *x);
+    x->now = 1000;
+    pthread_mutex_init(&x->w.m, NULL);
+    pthread_cond_init(&x->w.c, NULL);
+    fx_init_dir(&x->src);
+    fx_open(&x->src, CFG_DURABILITY_OS);
+    fx_init_dir(&x->dst);
+    fx_open(&x->dst, CFG_DURABILITY_OS);
+    model now = {0};
+    build_history(&x->src, &now, &x->at5);
+    model_free(&now);
+    /* The client table and digest at 5, as a replica keeps them. */
+    fx ref;
+    fx_init_dir(&ref);
+    fx_open(&ref, CFG_DURABILITY_OS);
+    model base = {0};
+    build_base(&ref, &base);
+    model_free(&base);
+    char err[256];
+    assert_int_equal(store_load(ref.s, &x->at, err, sizeof err), 0);
+    fx_destroy(&ref);
+    pbft_state_digest(x->at.app_digest, x->at.client_table, x->at.client_table_len, x->cert);
+    random_history(&x->dst, 7, 1, 2, NULL); /* a state of its own */
+    xfer_share_wakes(x, &x->src);
+    xfer_share_wakes(x, &x->dst);
+    for (uint32_t i = 0; i < 4; i++) {
+        xnode *n = &x->nodes[i];
+        *n = (xnode){x, i, NULL};
+        node_state_io io = {.send = x_send,
+                            .submit = x_submit,
+                            .snapshot = x_snapshot,
+                            .installed = x_installed,
+                            .now_ms = x_now,
+                            .arg = n};
+        node_state_config cfg = {.self = i, .n = 4, .chunk_timeout_ms = 3000, .pause_ms = 1000};
+        assert_int_equal(node_state_new(&cfg, &io, &n->ns), 0);
+    }
+    return x;
+}
+
+static void xfer_free(xfer *x)
+{
+    for (size_t i = 0; i < x->nq; i++)
+        free(x->q[i].payload);
+    for (uint32_t i = 0; i < 4; i++)
+        node_state_free(x->nodes[i].ns);
+    fx_destroy(&x->src);
+    fx_destroy(&x->dst);
+    store_loaded_free(&x->at);
+    model_free(&x->at5);
+    pthread_cond_destroy(&x->w.c);
+    pthread_mutex_destroy(&x->w.m);
+    free(x);
+}
+
+/* Run store completions and deliver up to max_msgs messages, until nothing
+ * moves.  Returns whether anything happened. */
+static bool xfer_run(xfer *x, size_t max_msgs)
+{
+    bool moved = false;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += DEADLINE_S;
+    for (;;) {
+        pthread_mutex_lock(&x->w.m);
+        uint64_t seen = x->w.wakes;
+        pthread_mutex_unlock(&x->w.m);
+        size_t done = store_poll(x->src.s) + store_poll(x->dst.s);
+        size_t nq = x->nq < max_msgs ? x->nq : max_msgs;
+        max_msgs -= nq;
+        for (size_t i = 0; i < nq; i++) {
+            xmsg m = x->q[i];
+            Fedbft__Envelope env = FEDBFT__ENVELOPE__INIT;
+            env.type = (Fedbft__MsgType)m.type;
+            env.payload = (ProtobufCBinaryData){m.len, m.payload};
+            node_state_on_message(x->nodes[m.to].ns, m.from, &env);
+            free(m.payload);
+        }
+        memmove(x->q, x->q + nq, (x->nq - nq) * sizeof *x->q);
+        x->nq -= nq;
+        moved |= done || nq;
+        if (!done && !nq) {
+            /* Idle unless a store batch is still running: wait for its wake
+             * briefly (store_poll finds nothing more if none is). */
+            store_stats a, b;
+            store_get_stats(x->src.s, &a);
+            store_get_stats(x->dst.s, &b);
+            if (a.queue_len == 0 && b.queue_len == 0)
+                return moved;
+            pthread_mutex_lock(&x->w.m);
+            int rc = 0;
+            while (x->w.wakes == seen && rc == 0)
+                rc = pthread_cond_timedwait(&x->w.c, &x->w.m, &until);
+            pthread_mutex_unlock(&x->w.m);
+            assert_int_not_equal(rc, ETIMEDOUT);
+        }
+    }
+}
+
+static void xfer_settle(xfer *x)
+{
+    xfer_run(x, SIZE_MAX);
+}
+
+static void x_tick(xfer *x, uint64_t ms)
+{
+    x->now += ms;
+    for (uint32_t i = 0; i < 4; i++)
+        node_state_tick(x->nodes[i].ns);
+    xfer_settle(x);
+}
+
+static void expect_installed(xfer *x)
+{
+    assert_int_equal(x->installed_seq, 5);
+    assert_memory_equal(x->installed_app, x->at.app_digest, FB_DIGEST_LEN);
+    store_loaded ld;
+    char err[256];
+    assert_int_equal(store_load(x->dst.s, &ld, err, sizeof err), 0);
+    assert_int_equal(ld.last_executed, 5);
+    assert_int_equal(ld.kv_keys, 2500);
+    assert_memory_equal(ld.app_digest, x->at.app_digest, FB_DIGEST_LEN);
+    store_loaded_free(&ld);
+}
+
+/* Rows in the staging area (read with the store closed: it holds the file
+ * exclusively). */
+static uint64_t staged_rows(xfer *x, fx *f)
+{
+    fx_close(f);
+    char path[128];
+    db_file(f, path, sizeof path);
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM staging", -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    uint64_t n = (uint64_t)sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    xfer_share_wakes(x, f);
+    return n;
+}
+
+static node_state_stats xstats(xfer *x, uint32_t i)
+{
+    node_state_stats st;
+    node_state_get_stats(x->nodes[i].ns, &st);
+    return st;
+}
+
+/* Replica 0 (asked first) corrupts what it serves: caught at commit, its
+ * staging dropped, and replica 1 serves the install. */
+static void test_state_transfer_corrupt_peer(void **state)
+{
+    (void)state;
+    xfer *x = xfer_new();
+    node_state_set_corrupt(x->nodes[0].ns, true);
+    node_state_fetch(x->nodes[3].ns, 5, x->cert);
+    xfer_settle(x);
+    expect_installed(x);
+    node_state_stats st = xstats(x, 3);
+    assert_int_equal(st.fetches, 1);
+    assert_int_equal(st.installs, 1);
+    assert_int_equal(st.bad_peers, 1);
+    assert_int_equal(st.chunks_in, 6); /* 3 from the liar, 3 from replica 1 */
+    assert_int_equal(xstats(x, 0).chunks_out, 3);
+    assert_int_equal(xstats(x, 1).chunks_out, 3);
+    assert_int_equal(staged_rows(x, &x->dst), 0);
+    xfer_free(x);
+}
+
+/* Every peer corrupts: each is abandoned once, the staging area is left
+ * empty, and the fetch pauses; once one serves honestly it installs. */
+static void test_state_transfer_all_corrupt(void **state)
+{
+    (void)state;
+    xfer *x = xfer_new();
+    for (uint32_t i = 0; i < 3; i++)
+        node_state_set_corrupt(x->nodes[i].ns, true);
+    node_state_fetch(x->nodes[3].ns, 5, x->cert);
+    xfer_settle(x);
+    assert_int_equal(x->installed_seq, 0);
+    assert_int_equal(xstats(x, 3).bad_peers, 3);
+    assert_int_equal(staged_rows(x, &x->dst), 0);
+    x_tick(x, 500); /* paused: nothing asked */
+    assert_int_equal(xstats(x, 3).chunks_in, 9);
+    node_state_set_corrupt(x->nodes[0].ns, false);
+    x_tick(x, 600);
+    expect_installed(x);
+    assert_int_equal(xstats(x, 3).bad_peers, 3);
+    xfer_free(x);
+}
+
+/* Replica 0 is gone (its requests vanish) and replica 1 restarted without
+ * snapshots: the first times out, the second answers unavailable, replica
+ * 2 serves. */
+static void test_state_transfer_silent_and_unable(void **state)
+{
+    (void)state;
+    xfer *x = xfer_new();
+    x->silent[0] = true;
+    x->no_snapshot[1] = true;
+    node_state_fetch(x->nodes[3].ns, 5, x->cert);
+    xfer_settle(x);
+    x_tick(x, 2999);
+    assert_int_equal(xstats(x, 3).timeouts, 0);
+    x_tick(x, 1);
+    expect_installed(x);
+    node_state_stats st = xstats(x, 3);
+    assert_int_equal(st.timeouts, 1);
+    assert_int_equal(st.bad_peers, 0);
+    assert_int_equal(xstats(x, 1).refused, 1);
+    assert_int_equal(xstats(x, 2).chunks_out, 3);
+    xfer_free(x);
+}
+
+/* The replica re-issues the fetch while chunks arrive (every second in
+ * pbft.c): a transfer that takes longer than that still finishes, from chunk
+ * 0 exactly once. */
+static void test_state_transfer_retry_keeps_progress(void **state)
+{
+    (void)state;
+    xfer *x = xfer_new();
+    node_state_fetch(x->nodes[3].ns, 5, x->cert);
+    /* One message at a time, with a second and a re-issued fetch between:
+     * three chunks take six seconds. */
+    int steps = 0;
+    while (!x->installed_seq && steps < 100) {
+        x->now += 1000;
+        node_state_fetch(x->nodes[3].ns, 5, x->cert);
+        xfer_run(x, 1);
+        steps++;
+    }
+    expect_installed(x);
+    assert_true(steps >= 6);
+    assert_int_equal(x->chunk0_requests, 1);
+    assert_int_equal(xstats(x, 3).fetches, 1);
+    assert_int_equal(xstats(x, 3).timeouts, 0);
+    xfer_free(x);
+}
+
 /* ------------------------------------------------------------ queue */
 
 static void test_queue_bounded(void **state)
@@ -1650,6 +2056,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_state_chunk_at_old_checkpoint, setup, teardown),
         cmocka_unit_test_setup_teardown(test_state_chunk_byte_bound, setup, teardown),
         cmocka_unit_test_setup_teardown(test_install, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stable_keep, setup, teardown),
+        cmocka_unit_test(test_state_transfer_corrupt_peer),
+        cmocka_unit_test(test_state_transfer_all_corrupt),
+        cmocka_unit_test(test_state_transfer_silent_and_unable),
+        cmocka_unit_test(test_state_transfer_retry_keeps_progress),
         cmocka_unit_test_setup_teardown(test_queue_bounded, setup, teardown),
         cmocka_unit_test(test_batch_rules),
     };
