@@ -18,6 +18,9 @@ pkgs=(
     libhttp-parser-dev                   # HTTP/1.1 server
     libcmocka-dev                        # unit tests
     python3 curl                         # integration tests: JSON checks, HTTP API
+    python3-yaml                         # deploy test: compose/Kubernetes YAML parses
+    iproute2 iptables                    # multi-host tests: namespaces, veth, partitions
+    libnetfilter-queue-dev               # fb_netem: WAN delay/loss where tc netem is missing
 )
 case "${1:-}" in
     --fuzz) pkgs+=(clang libclang-rt-14-dev) ;;

@@ -55,6 +55,11 @@ typedef struct {
      * sent, and VIEW-CHANGEs sent (since the test reset them) */
     uint64_t min_vote[MAXN];
     uint32_t vcs_sent[MAXN];
+    /* FETCH_STATE held instead of served (a transfer that takes a while):
+     * every seq asked for, in order */
+    bool hold_fetch[MAXN];
+    uint64_t fetches[MAXN][16];
+    uint32_t nfetches[MAXN];
 } cluster;
 
 static void sign_cb(void *arg, const uint8_t d[FB_DIGEST_LEN], uint8_t sig[FB_SIG_LEN])
@@ -119,6 +124,11 @@ static void execute(cluster *c, uint32_t i, const pbft_action *a)
 static void fetch_state(cluster *c, uint32_t i, const pbft_action *a)
 {
     uint64_t seq = a->fetch.seq;
+    if (c->hold_fetch[i]) {
+        if (c->nfetches[i] < 16)
+            c->fetches[i][c->nfetches[i]++] = seq;
+        return;
+    }
     if (seq >= MAXSNAP || !c->snap_have[seq])
         return; /* the replica asks again */
     memcpy(c->app[i], c->snap_app[seq], FB_DIGEST_LEN);
@@ -629,6 +639,53 @@ static void test_restart_from_records(void **state)
     free(c);
 }
 
+/* A fetch in progress is not replaced while newer checkpoints are certified
+ * (under load, restarting for each would never finish a transfer); once it is
+ * installed, the newest certified checkpoint is taken up at once. */
+static void test_fetch_not_replaced(void **state)
+{
+    (void)state;
+    cluster *c = calloc(1, sizeof *c);
+    cluster_init(c, 4, 4, 8);
+    c->down[2] = true;
+    uint64_t ts = 1;
+    for (; ts <= 20; ts++) {
+        submit(c, 0, ts, false);
+        run(c);
+    }
+    restart(c, 2);
+    c->hold_fetch[2] = true;
+    tick(c, 400);
+    assert_int_equal(c->nfetches[2], 1);
+    uint64_t first = c->fetches[2][0];
+    assert_true(first >= 16);
+    /* The cluster moves on well past replica 2's window. */
+    for (; ts <= 44; ts++) {
+        submit(c, 0, ts, false);
+        run(c);
+        tick(c, 10);
+    }
+    uint64_t head = status(c, 0).stable_seq;
+    assert_true(head >= first + 3 * 8);
+    for (uint32_t k = 0; k < c->nfetches[2]; k++)
+        assert_int_equal(c->fetches[2][k], first); /* re-asked, never replaced */
+    assert_int_equal(status(c, 2).fetching_seq, first);
+    /* The transfer completes: the newest certified checkpoint is fetched next. */
+    c->hold_fetch[2] = false;
+    pbft_action a = {.kind = PBFT_ACT_FETCH_STATE};
+    a.fetch.seq = first;
+    fetch_state(c, 2, &a);
+    pbft_status st = status(c, 2);
+    assert_true(st.stable_seq > first);
+    assert_true(st.last_executed >= head || st.fetching_seq == 0);
+    for (int k = 0; k < 5 && status(c, 2).last_executed < head; k++)
+        tick(c, 400);
+    assert_true(status(c, 2).last_executed >= head);
+    assert_memory_equal(c->app[2], c->app[0], FB_DIGEST_LEN);
+    cluster_free(c);
+    free(c);
+}
+
 /* Restarted in the middle of a view change, a replica re-sends its vote for
  * the same view (not the next one) and the change completes. */
 static void test_restart_during_view_change(void **state)
@@ -904,6 +961,7 @@ int main(void)
         cmocka_unit_test(test_exactly_once_and_stale),
         cmocka_unit_test(test_silent_primary_is_replaced),
         cmocka_unit_test(test_restart_from_records),
+        cmocka_unit_test(test_fetch_not_replaced),
         cmocka_unit_test(test_restart_during_view_change),
         cmocka_unit_test(test_rejections_by_reason),
         cmocka_unit_test(test_reject_names),
