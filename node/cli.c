@@ -25,6 +25,8 @@ static const cli_command commands[] = {
      cmd_client_usage},
     {"bench", "consensus benchmark against a local or running cluster", cmd_bench, cmd_bench_usage},
     {"ctl", "send a command to a node's admin socket", cmd_ctl, cmd_ctl_usage},
+    {"probe", "HTTP GET of a node's /ready (health checks): exit 0 on 2xx", cmd_probe,
+     cmd_probe_usage},
     {"inspect", "show what a stopped node's store holds", cmd_inspect, cmd_inspect_usage},
     {"model", "GGUF models: info, synth, quantize, run (local generation)", cmd_model,
      cmd_model_usage},

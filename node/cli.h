@@ -34,6 +34,8 @@ int cmd_bench(int argc, char **argv); /* cmd_bench.c and bench_*.c */
 void cmd_bench_usage(FILE *out);
 int cmd_ctl(int argc, char **argv);
 void cmd_ctl_usage(FILE *out);
+int cmd_probe(int argc, char **argv);
+void cmd_probe_usage(FILE *out);
 int cmd_run(int argc, char **argv);
 void cmd_run_usage(FILE *out);
 int cmd_keyinfo(int argc, char **argv);

@@ -24,6 +24,7 @@
 #include "fb_error.h"
 #include "keys.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -70,12 +71,23 @@ void cmd_cluster_usage(FILE *out)
             "Make and run a local test cluster: every node a background process on this\n"
             "machine, with its files under one directory.\n\n"
             "Subcommands:\n"
-            "  init --nodes N --dir DIR [--base-port P] [--clients C] [--host H]\n"
+            "  init --nodes N --dir DIR [--base-port P] [--clients C]\n"
+            "       [--host H | --hosts H0,H1,...] [--listen ADDR]\n"
             "       [--durability fsync|os] [--model FILE|none] [--force]\n"
             "      Make keys and configs: DIR/cluster.json, DIR/node<i>/{node.json,node.key},\n"
-            "      DIR/clients/client<j>/node.key (client ids 1000+j).  Replica i listens on\n"
-            "      port P+i for replicas, P+100+i for clients and P+200+i for HTTP.  Nodes\n"
-            "      get \"fault_injection\": true (a test cluster).  Defaults: P 7000, C 8,\n"
+            "      DIR/clients/client<j>/node.key (client ids 1000+j).  Replica i is on host\n"
+            "      H and listens on port P+i for replicas, P+100+i for clients and P+200+i\n"
+            "      for HTTP.  --hosts gives each replica its own host instead: exactly N\n"
+            "      distinct IP addresses or DNS names, comma-separated; replica i is on Hi\n"
+            "      and every replica uses port P for replicas, P+100 for clients and P+200\n"
+            "      for HTTP (one node per machine, container or pod; `up` starts every node\n"
+            "      here, so use it only with local addresses such as 127.0.0.1,127.0.0.2,...\n"
+            "      and no --listen).\n"
+            "      --listen ADDR goes into every node.json as \"listen\": the IP address the\n"
+            "      replica, client and HTTP listeners bind (0.0.0.0 or :: for all\n"
+            "      interfaces, e.g. in a container); without it a node binds its own host,\n"
+            "      which must then be an IP address, not a name.  Nodes get\n"
+            "      \"fault_injection\": true (a test cluster).  Defaults: P 7000, C 8,\n"
             "      H 127.0.0.1, durability fsync.  N is 4..%d.  Refuses to overwrite an\n"
             "      existing DIR/cluster.json unless --force, which also makes new keys and\n"
             "      deletes each node's old data directory (it belongs to the old cluster).\n"
@@ -630,6 +642,12 @@ static int stop_nodes(const cluster_dir *cd, const uint32_t *ids, const pid_t *p
 
 typedef struct cluster_opts {
     const char *dir, *binary, *host;
+    bool host_given;                /* --host was passed (it conflicts with --hosts) */
+    const char *hosts;              /* init --hosts: the list as given */
+    const char *listen;             /* init --listen: node.json's "listen"; NULL: none */
+    char *hosts_buf;                /* init: a copy of hosts, split in place (owned) */
+    const char *host_of[MAX_NODES]; /* init: replica i's host with --hosts */
+    uint32_t nhosts;                /* 0 without --hosts */
     const char *model; /* init: NULL synthesizes the small model; "none": no inference */
     char model_path[CFG_PATH_MAX]; /* init: what node.json's inference.model gets */
     uint32_t nodes, clients, base_port, timeout_s;
@@ -650,7 +668,9 @@ enum {
     OPT_BINARY,
     OPT_TIMEOUT,
     OPT_MODEL,
-    OPT_RESYNC
+    OPT_RESYNC,
+    OPT_HOSTS,
+    OPT_LISTEN
 };
 
 /* A usage error: the reason, and where the full help is (it is long). */
@@ -679,6 +699,13 @@ static int take_option(const char *sub, int c, cluster_opts *o)
         return 0;
     case OPT_HOST:
         o->host = optarg;
+        o->host_given = true;
+        return 0;
+    case OPT_HOSTS:
+        o->hosts = optarg;
+        return 0;
+    case OPT_LISTEN:
+        o->listen = optarg;
         return 0;
     case OPT_FORCE:
         o->force = true;
@@ -836,10 +863,12 @@ static int init_node(const cluster_dir *cd, const cluster_opts *o, uint32_t i, c
     if (node_file(cd, i, NULL, ndir, sizeof ndir) ||
         node_file(cd, i, "node.json", cfgp, sizeof cfgp))
         return FB_EINVAL;
+    /* With --hosts every replica has its own host and the same ports. */
+    uint32_t slot = o->nhosts ? 0 : i;
     r->id = i;
-    snprintf(r->host, sizeof r->host, "%s", o->host);
-    r->port = (uint16_t)(o->base_port + i);
-    r->client_port = (uint16_t)(o->base_port + 100 + i);
+    snprintf(r->host, sizeof r->host, "%s", o->nhosts ? o->host_of[i] : o->host);
+    r->port = (uint16_t)(o->base_port + slot);
+    r->client_port = (uint16_t)(o->base_port + 100 + slot);
     int rc = make_identity(ndir, o->force, r->pk);
     if (rc == 0 && o->force)
         rc = wipe_data_dir(cd, i);
@@ -852,7 +881,9 @@ static int init_node(const cluster_dir *cd, const cluster_opts *o, uint32_t i, c
     n->id = i;
     n->durability = o->durability;
     n->fault_injection = true; /* init makes test clusters */
-    n->http_port = (uint16_t)(o->base_port + HTTP_PORT_OFFSET + i);
+    n->http_port = (uint16_t)(o->base_port + HTTP_PORT_OFFSET + slot);
+    if (o->listen)
+        snprintf(n->listen, sizeof n->listen, "%s", o->listen);
     snprintf(n->inference.model, sizeof n->inference.model, "%s", o->model_path);
     snprintf(n->cluster_path, sizeof n->cluster_path, "../cluster.json");
     snprintf(n->key_path, sizeof n->key_path, "%s", FB_KEY_SECRET_FILE);
@@ -950,42 +981,119 @@ static int prepare_model(const cluster_dir *cd, cluster_opts *o, uint8_t digest[
     return model_digest_of(path, digest);
 }
 
-/* cluster.json is written last: its presence means init finished. */
-static int cluster_init(int argc, char **argv)
+/* A numeric IPv4 or IPv6 address, as the listeners parse one (inet_pton:
+ * no "127.1" shorthand; an IPv6 zone "%eth0" is allowed).  The HTTP server
+ * binds only such an address, never a name. */
+static bool is_ip_address(const char *host)
 {
-    static const struct option opts[] = {
-        {"nodes", required_argument, NULL, OPT_NODES},
-        {"dir", required_argument, NULL, OPT_DIR},
-        {"base-port", required_argument, NULL, OPT_BASE_PORT},
-        {"clients", required_argument, NULL, OPT_CLIENTS},
-        {"host", required_argument, NULL, OPT_HOST},
-        {"durability", required_argument, NULL, OPT_DURABILITY},
-        {"force", no_argument, NULL, OPT_FORCE},
-        {"model", required_argument, NULL, OPT_MODEL},
-        {NULL, 0, NULL, 0},
-    };
-    cluster_opts o;
-    int rc = parse_opts(argc, argv, opts, 0, &o);
-    if (rc)
-        return rc;
-    if (!o.nodes)
-        return bad_usage("init", "--nodes N is required");
-    if (o.base_port + HTTP_PORT_OFFSET + o.nodes - 1 > 65535)
+    unsigned char buf[sizeof(struct in6_addr)];
+    char v6[INET6_ADDRSTRLEN];
+    if (inet_pton(AF_INET, host, buf) == 1)
+        return true;
+    size_t len = strcspn(host, "%");
+    if (len >= sizeof v6)
+        return false;
+    memcpy(v6, host, len);
+    v6[len] = '\0';
+    return inet_pton(AF_INET6, v6, buf) == 1;
+}
+
+/* Split --hosts into o->host_of[], checking each item as cluster.json
+ * checks a host, and that they are distinct: every replica uses the same
+ * ports, so two on one host would clash. */
+static int parse_hosts(cluster_opts *o)
+{
+    if (!(o->hosts_buf = strdup(o->hosts))) {
+        fprintf(stderr, "fedbft cluster init: out of memory\n");
+        return 1;
+    }
+    uint32_t k = 0;
+    for (char *item = o->hosts_buf, *comma;; item = comma + 1) {
+        comma = strchr(item, ',');
+        if (comma)
+            *comma = '\0';
+        if (k < MAX_NODES)
+            o->host_of[k] = item;
+        k++;
+        if (!comma)
+            break;
+    }
+    if (k != o->nodes)
         return bad_usage("init",
-                         "--base-port %u: too high for %u nodes (HTTP ports P+200+i must "
+                         "--hosts: %u host(s) listed for --nodes %u; give exactly one per "
+                         "replica, comma-separated",
+                         k, o->nodes);
+    for (uint32_t i = 0; i < k; i++) {
+        char err[512];
+        if (!*o->host_of[i])
+            return bad_usage("init", "--hosts: item %u (replica %u) is empty", i + 1, i);
+        if (cfg_check_host(o->host_of[i], err, sizeof err) != 0)
+            return bad_usage("init", "--hosts: item %u (replica %u): %s", i + 1, i, err);
+        for (uint32_t j = 0; j < i; j++)
+            if (strcmp(o->host_of[i], o->host_of[j]) == 0)
+                return bad_usage(
+                    "init",
+                    "--hosts: %s is listed twice (replicas %u and %u); with --hosts every "
+                    "replica uses the same ports, so each needs its own host (replicas sharing "
+                    "a host need distinct ports: leave out --hosts)",
+                    o->host_of[i], j, i);
+    }
+    o->nhosts = k;
+    return 0;
+}
+
+/* Check the hosts, the listen address and the port range before anything
+ * is written; 0 or 2 (a usage error, reported). */
+static int check_init_addresses(cluster_opts *o)
+{
+    char err[512];
+    if (o->hosts && o->host_given)
+        return bad_usage("init", "--host and --hosts: give one (--host H puts every replica on "
+                                 "H, --hosts one host per replica)");
+    if (o->hosts) {
+        int rc = parse_hosts(o);
+        if (rc)
+            return rc;
+    } else if (cfg_check_host(o->host, err, sizeof err) != 0) {
+        return bad_usage("init", "--host: %s", err);
+    }
+    if (o->listen && (cfg_check_host(o->listen, err, sizeof err) != 0 || !is_ip_address(o->listen)))
+        return bad_usage("init",
+                         "--listen '%s': must be an IP address to bind, e.g. 0.0.0.0 (every "
+                         "IPv4 interface), :: (every interface) or 10.0.0.5",
+                         o->listen);
+    /* Without --listen a node binds its own host, and the HTTP server
+     * binds only an address. */
+    for (uint32_t i = 0; !o->listen && i < (o->nhosts ? o->nhosts : 1); i++) {
+        const char *h = o->nhosts ? o->host_of[i] : o->host;
+        if (!is_ip_address(h))
+            return bad_usage("init",
+                             "%s %s: a name, not an IP address; a node binds its listeners to "
+                             "its own host unless --listen is given: add --listen 0.0.0.0 "
+                             "(or ::)",
+                             o->nhosts ? "--hosts" : "--host", h);
+    }
+    uint32_t last = o->nhosts ? 0 : o->nodes - 1;
+    if (o->base_port + HTTP_PORT_OFFSET + last > 65535)
+        return bad_usage("init",
+                         "--base-port %u: too high for %u nodes (HTTP ports P+200%s must "
                          "be <= 65535)",
-                         o.base_port, o.nodes);
-    if (!*o.host || strlen(o.host) >= CFG_HOST_MAX ||
-        o.host[strspn(o.host,
-                      "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:_%")])
-        return bad_usage("init", "--host '%s': must be an address such as 127.0.0.1", o.host);
-    if (make_dirs(o.dir) != 0) {
-        fprintf(stderr, "fedbft cluster init: cannot create %s: %s\n", o.dir, strerror(errno));
+                         o->base_port, o->nodes, o->nhosts ? "" : "+i");
+    return 0;
+}
+
+/* Make DIR's keys and configs; cluster.json is written last: its presence
+ * means init finished. */
+static int write_cluster(cluster_opts *o)
+{
+    int rc;
+    if (make_dirs(o->dir) != 0) {
+        fprintf(stderr, "fedbft cluster init: cannot create %s: %s\n", o->dir, strerror(errno));
         return 1;
     }
     char cjson[NODE_PATH_MAX];
-    snprintf(cjson, sizeof cjson, "%s/cluster.json", o.dir);
-    if (!o.force && access(cjson, F_OK) == 0) {
+    snprintf(cjson, sizeof cjson, "%s/cluster.json", o->dir);
+    if (!o->force && access(cjson, F_OK) == 0) {
         fprintf(stderr,
                 "fedbft cluster init: %s already exists; refusing to overwrite a cluster "
                 "(pass --force to replace it, keys and node data included)\n",
@@ -994,33 +1102,33 @@ static int cluster_init(int argc, char **argv)
     }
     cluster_dir cd;
     memset(&cd, 0, sizeof cd);
-    char *real = realpath(o.dir, NULL);
+    char *real = realpath(o->dir, NULL);
     if (!real || strlen(real) >= sizeof cd.dir) {
-        fprintf(stderr, "fedbft cluster init: %s: %s\n", o.dir,
+        fprintf(stderr, "fedbft cluster init: %s: %s\n", o->dir,
                 real ? "path too long" : strerror(errno));
         free(real);
         return 1;
     }
     snprintf(cd.dir, sizeof cd.dir, "%s", real);
     free(real);
-    if (o.force && check_none_running(&cd) != 0)
+    if (o->force && check_none_running(&cd) != 0)
         return 1;
 
     uint8_t digest[16];
-    if (prepare_model(&cd, &o, digest) != 0)
+    if (prepare_model(&cd, o, digest) != 0)
         return 1;
-    cfg_cluster cl = {.n = o.nodes, .f = (o.nodes - 1) / 3, .nclients = o.clients};
-    if (o.model_path[0]) { /* pin it: every replica must serve this model */
+    cfg_cluster cl = {.n = o->nodes, .f = (o->nodes - 1) / 3, .nclients = o->clients};
+    if (o->model_path[0]) { /* pin it: every replica must serve this model */
         cl.has_model_digest = true;
         memcpy(cl.model_digest, digest, sizeof digest);
     }
-    cl.replicas = calloc(o.nodes, sizeof *cl.replicas);
-    cl.clients = calloc(o.clients ? o.clients : 1, sizeof *cl.clients);
+    cl.replicas = calloc(o->nodes, sizeof *cl.replicas);
+    cl.clients = calloc(o->clients ? o->clients : 1, sizeof *cl.clients);
     rc = (cl.replicas && cl.clients) ? 0 : FB_ENOMEM;
-    for (uint32_t i = 0; rc == 0 && i < o.nodes; i++)
-        rc = init_node(&cd, &o, i, &cl.replicas[i]);
-    for (uint32_t j = 0; rc == 0 && j < o.clients; j++)
-        rc = init_client(&cd, &o, j, &cl.clients[j]);
+    for (uint32_t i = 0; rc == 0 && i < o->nodes; i++)
+        rc = init_node(&cd, o, i, &cl.replicas[i]);
+    for (uint32_t j = 0; rc == 0 && j < o->clients; j++)
+        rc = init_client(&cd, o, j, &cl.clients[j]);
     if (rc == 0) {
         char path[NODE_PATH_MAX], err[1024];
         snprintf(path, sizeof path, "%s/cluster.json", cd.dir);
@@ -1034,6 +1142,34 @@ static int cluster_init(int argc, char **argv)
         fprintf(stderr, "fedbft cluster init: out of memory\n");
     cfg_cluster_free(&cl);
     return rc ? 1 : 0;
+}
+
+static int cluster_init(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"nodes", required_argument, NULL, OPT_NODES},
+        {"dir", required_argument, NULL, OPT_DIR},
+        {"base-port", required_argument, NULL, OPT_BASE_PORT},
+        {"clients", required_argument, NULL, OPT_CLIENTS},
+        {"host", required_argument, NULL, OPT_HOST},
+        {"hosts", required_argument, NULL, OPT_HOSTS},
+        {"listen", required_argument, NULL, OPT_LISTEN},
+        {"durability", required_argument, NULL, OPT_DURABILITY},
+        {"force", no_argument, NULL, OPT_FORCE},
+        {"model", required_argument, NULL, OPT_MODEL},
+        {NULL, 0, NULL, 0},
+    };
+    cluster_opts o;
+    int rc = parse_opts(argc, argv, opts, 0, &o);
+    if (rc)
+        return rc;
+    if (!o.nodes)
+        return bad_usage("init", "--nodes N is required");
+    rc = check_init_addresses(&o);
+    if (rc == 0)
+        rc = write_cluster(&o);
+    free(o.hosts_buf);
+    return rc;
 }
 
 /* ------------------------------------------------------------ up / restart */

@@ -210,21 +210,36 @@ static int get_bool(const pctx *p, json_t *obj, const char *key, bool *out, cons
 /* A host name or address: only the characters names and IPv4/IPv6
  * addresses use (it becomes a socket address, and a stray space or quote
  * would only fail much later, at bind or connect time). */
+int cfg_check_host(const char *host, char *err, size_t errlen)
+{
+    if (!*host)
+        return fb_errf(err, errlen, FB_EINVAL,
+                       "empty; give a host name or address such as \"127.0.0.1\"");
+    if (strlen(host) >= CFG_HOST_MAX)
+        return fb_errf(err, errlen, FB_EINVAL, "too long: %zu bytes, at most %d", strlen(host),
+                       CFG_HOST_MAX - 1);
+    size_t bad =
+        strspn(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:_%");
+    if (host[bad])
+        return fb_errf(err, errlen, FB_EINVAL,
+                       "\"%s\" is not a host name or address (character %zu); use e.g. "
+                       "\"127.0.0.1\", \"::1\" or \"node1.example.org\"",
+                       host, bad + 1);
+    return 0;
+}
+
 static int get_host(const pctx *p, json_t *obj, const char *prefix, const char *key, bool required,
                     bool allow_empty, char *out)
 {
     int rc = get_string(p, obj, prefix, key, required, allow_empty, out, CFG_HOST_MAX,
                         "an address such as \"127.0.0.1\"");
-    if (rc)
+    if (rc || !*out)
         return rc;
-    size_t bad = strspn(out, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:_%");
-    if (out[bad]) {
+    char msg[512];
+    if (cfg_check_host(out, msg, sizeof msg) != 0) {
         char name[FIELD_MAX];
         field_name(name, sizeof name, prefix, key);
-        return fail(p, name,
-                    "\"%s\" is not a host name or address (character %zu); use e.g. "
-                    "\"127.0.0.1\", \"::1\" or \"node1.example.org\"",
-                    out, bad + 1);
+        return fail(p, name, "%s", msg);
     }
     return 0;
 }

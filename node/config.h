@@ -145,6 +145,12 @@ const cfg_client *cfg_find_client(const cfg_cluster *c, uint32_t id);
 int cfg_cluster_write(const char *path, const cfg_cluster *c, char *err, size_t errlen);
 int cfg_node_write(const char *path, const cfg_node *n, char *err, size_t errlen);
 
+/* Is host usable as a cluster.json host or a node.json listen address: not
+ * empty, shorter than CFG_HOST_MAX, and only the characters host names and
+ * IPv4/IPv6 addresses use?  0, or FB_EINVAL with the reason in err (the
+ * check the loaders apply, for command-line options that become hosts). */
+int cfg_check_host(const char *host, char *err, size_t errlen);
+
 /* Defaults for every optional knob (id, paths left empty). */
 void cfg_node_defaults(cfg_node *n);
 
