@@ -55,6 +55,7 @@ struct pbft_replica {
     uint32_t vc_backoff;   /* consecutive view changes without progress */
     uint64_t view_changes; /* completed */
     pbft_msg **vcs;        /* [n] latest valid VIEW-CHANGE per sender */
+    bool *target_live;     /* [n] sent ordering traffic in our target view while we change */
     pbft_msg *new_view;    /* the NEW-VIEW that installed the current view */
 
     /* log window */
@@ -988,12 +989,29 @@ static void install_pre_prepare(pbft_replica *r, slot *s, pbft_msg *pp, uint64_t
     prepare_if_ready(r, s);
 }
 
+/* While we change to view v, ordering traffic in view v shows that its
+ * sender has installed v's NEW-VIEW (we missed it). */
+static void note_target_live(pbft_replica *r, const pbft_msg *m, uint64_t view)
+{
+    if (r->view_changing && view == r->view && m->sender < r->n)
+        r->target_live[m->sender] = true;
+}
+
+static bool target_view_live(const pbft_replica *r)
+{
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < r->n; i++)
+        k += r->target_live[i];
+    return k >= pbft_weak(r->n);
+}
+
 /* Acceptance rules for PRE-PREPARE (section 4.2): from the primary of our
  * view, in our view, inside the watermarks, and no other digest already
  * accepted for this (view, seq). */
 static void on_pre_prepare(pbft_replica *r, pbft_msg *m)
 {
     const Fedbft__PrePrepare *pp = m->u.pre_prepare;
+    note_target_live(r, m, pp->view);
     if (r->view_changing || pp->view != r->view) {
         reject(r, PBFT_REJ_STALE_VIEW);
         return;
@@ -1089,6 +1107,7 @@ static pbft_reject vote_conflict(pbft_msg **held, const pbft_msg *m)
 static void on_prepare(pbft_replica *r, pbft_msg *m)
 {
     const Fedbft__Prepare *p = m->u.prepare;
+    note_target_live(r, m, p->view);
     if (r->view_changing || p->view != r->view) {
         reject(r, PBFT_REJ_STALE_VIEW);
         return;
@@ -1124,6 +1143,7 @@ static void on_prepare(pbft_replica *r, pbft_msg *m)
 static void on_commit(pbft_replica *r, pbft_msg *m)
 {
     const Fedbft__Commit *c = m->u.commit;
+    note_target_live(r, m, c->view);
     if (r->view_changing || c->view != r->view) {
         reject(r, PBFT_REJ_STALE_VIEW);
         return;
@@ -1347,6 +1367,7 @@ static void start_view_change(pbft_replica *r, uint64_t v)
     r->view = v;
     r->view_changing = true;
     r->vc_backoff++;
+    memset(r->target_live, 0, r->n * sizeof *r->target_live);
     for (uint32_t i = 0; i < r->cfg.log_window; i++) {
         slot *s = &r->slots[i];
         release_votes(r, s);
@@ -1625,8 +1646,16 @@ static void on_time(pbft_replica *r)
 {
     if (r->vc_at != NO_DEADLINE && r->now >= r->vc_at) {
         r->vc_at = NO_DEADLINE;
-        if (r->view_changing)
+        if (r->view_changing && target_view_live(r)) {
+            /* f+1 replicas run our target view, so its NEW-VIEW exists and
+             * only failed to reach us: ask its primary again and wait. */
+            memset(r->target_live, 0, r->n * sizeof *r->target_live);
+            r->vc_at = r->now + vc_timeout(r);
+            if (r->vcs[r->cfg.id])
+                send_to(r, primary_of(r, r->view), r->vcs[r->cfg.id]);
+        } else if (r->view_changing) {
             start_view_change(r, r->view + 1); /* NEW-VIEW never came: next primary */
+        }
     }
     if (r->request_at != NO_DEADLINE && r->now >= r->request_at) {
         r->request_at = NO_DEADLINE;
@@ -1691,12 +1720,13 @@ int pbft_new(const pbft_config *cfg, pbft_replica **out, char *err, size_t errle
     r->slots = calloc(c.log_window, sizeof *r->slots);
     r->ckpts = calloc(r->nckpts, sizeof *r->ckpts);
     r->vcs = calloc(c.n, sizeof *r->vcs);
+    r->target_live = calloc(c.n, sizeof *r->target_live);
     r->far_ckpt = calloc(c.n, sizeof *r->far_ckpt);
     r->h_proof = calloc(r->quorum, sizeof *r->h_proof);
     r->exec_cap = c.batch_max_requests > 1 ? c.batch_max_requests : 1;
     r->exec_reqs = calloc(r->exec_cap, sizeof *r->exec_reqs);
-    bool ok = r->slots && r->ckpts && r->vcs && r->far_ckpt && r->h_proof && r->exec_reqs &&
-              pbft_clients_init(&r->clients, c.max_clients) == 0;
+    bool ok = r->slots && r->ckpts && r->vcs && r->target_live && r->far_ckpt && r->h_proof &&
+              r->exec_reqs && pbft_clients_init(&r->clients, c.max_clients) == 0;
     for (uint32_t i = 0; ok && i < c.log_window; i++) {
         slot *s = &r->slots[i];
         s->prepares = calloc(c.n, sizeof *s->prepares);
@@ -1759,6 +1789,7 @@ void pbft_free(pbft_replica *r)
     free(r->slots);
     free(r->ckpts);
     free(r->vcs);
+    free(r->target_live);
     free(r->far_ckpt);
     free(r->h_proof);
     free(r->exec_reqs);

@@ -58,6 +58,10 @@ typedef struct {
     /* FETCH_STATE held instead of served (a transfer that takes a while):
      * every seq asked for, in order */
     bool hold_fetch[MAXN];
+    /* a cut link, one way: nothing from mute[i] arrives; no NEW-VIEW reaches
+     * a replica with no_nv[i] (it is lost on the way) */
+    bool mute[MAXN];
+    bool no_nv[MAXN];
     uint64_t fetches[MAXN][16];
     uint32_t nfetches[MAXN];
 } cluster;
@@ -289,7 +293,9 @@ static void run(cluster *c)
         wire w = c->q[c->qhead];
         c->qhead = (c->qhead + 1) % MAXQ;
         c->qlen--;
-        if (!c->down[w.to]) {
+        bool lost = (w.msg->sender < MAXN && c->mute[w.msg->sender]) ||
+                    (c->no_nv[w.to] && w.msg->type == FEDBFT__MSG_TYPE__MSG_NEW_VIEW);
+        if (!c->down[w.to] && !lost) {
             pbft_msg *m = NULL;
             char err[128];
             assert_int_equal(
@@ -686,6 +692,64 @@ static void test_fetch_not_replaced(void **state)
     free(c);
 }
 
+/* A replica that joined a view change but lost the NEW-VIEW (its link from
+ * the new primary stalls after a partition heals) sees f+1 replicas order in
+ * that view: when its timer fires it asks the new primary again and waits,
+ * instead of moving on alone to the next view, where no one would follow. */
+static void test_view_change_waits_for_live_view(void **state)
+{
+    (void)state;
+    cluster *c = calloc(1, sizeof *c);
+    cluster_init(c, 4, 4, 8);
+    uint64_t ts = 1;
+    for (; ts <= 3; ts++) {
+        submit(c, 0, ts, false);
+        run(c);
+    }
+    /* The primary is cut off: nothing it sends arrives; the others change
+     * view, and it joins on their VIEW-CHANGEs, but the NEW-VIEW is lost. */
+    c->mute[0] = true;
+    c->no_nv[0] = true;
+    submit(c, 0, ts++, false);
+    run(c);
+    for (int k = 0; k < 20 && (status(c, 1).view != 1 || status(c, 1).view_changing); k++) {
+        tick(c, 500);
+        run(c);
+    }
+    assert_int_equal(status(c, 1).view, 1);
+    assert_false(status(c, 1).view_changing);
+    assert_int_equal(status(c, 0).view, 1);
+    assert_true(status(c, 0).view_changing);
+    /* Healed, but NEW-VIEWs to it are still lost; the others order in view 1. */
+    c->mute[0] = false;
+    for (int k = 0; k < 12; k++) {
+        submit(c, 1, ts++, false);
+        run(c);
+        tick(c, 500);
+        run(c);
+        assert_int_equal(status(c, 0).view, 1); /* never moves on alone */
+    }
+    /* The link recovers: the re-sent VIEW-CHANGE gets the NEW-VIEW back. */
+    c->no_nv[0] = false;
+    for (int k = 0; k < 12 && status(c, 0).view_changing; k++) {
+        tick(c, 500);
+        run(c);
+    }
+    assert_int_equal(status(c, 0).view, 1);
+    assert_false(status(c, 0).view_changing);
+    submit(c, 1, ts++, false);
+    run(c);
+    for (int k = 0; k < 10 && status(c, 0).last_executed < status(c, 1).last_executed; k++) {
+        tick(c, 400);
+        run(c);
+    }
+    for (uint32_t i = 0; i < 4; i++)
+        assert_int_equal(status(c, i).view, 1);
+    assert_same_state(c, status(c, 1).last_executed);
+    cluster_free(c);
+    free(c);
+}
+
 /* Restarted in the middle of a view change, a replica re-sends its vote for
  * the same view (not the next one) and the change completes. */
 static void test_restart_during_view_change(void **state)
@@ -962,6 +1026,7 @@ int main(void)
         cmocka_unit_test(test_silent_primary_is_replaced),
         cmocka_unit_test(test_restart_from_records),
         cmocka_unit_test(test_fetch_not_replaced),
+        cmocka_unit_test(test_view_change_waits_for_live_view),
         cmocka_unit_test(test_restart_during_view_change),
         cmocka_unit_test(test_rejections_by_reason),
         cmocka_unit_test(test_reject_names),
