@@ -3,6 +3,7 @@
 
 #include "keys.h"
 
+#include <stdarg.h>
 #include <string.h>
 
 #ifndef FEDBFT_VERSION
@@ -126,4 +127,15 @@ int cli_main(int argc, char **argv)
         return 1;
     }
     return c->run(argc - 1, argv + 1);
+}
+
+int cli_usage_error(const char *what, const char *help, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "fedbft %s: %s\n(run 'fedbft %s --help' for usage)\n", what, msg, help);
+    return 2;
 }

@@ -17,6 +17,11 @@ typedef struct cli_command {
 /* Entry point: dispatch argv[1] to a command. */
 int cli_main(int argc, char **argv);
 
+/* A usage error: prints "fedbft WHAT: MESSAGE" and "(run 'fedbft HELP --help'
+ * for usage)" on stderr and returns 2, the exit status of a usage error. */
+int cli_usage_error(const char *what, const char *help, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* Commands (one file each). */
 int cmd_keygen(int argc, char **argv);
 void cmd_keygen_usage(FILE *out);

@@ -15,7 +15,6 @@
 #include <math.h>
 #include <signal.h>
 #include <sodium.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -159,19 +158,6 @@ enum {
     O_ROUNDS
 };
 
-static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static int usage_error(const char *fmt, ...)
-{
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "fedbft bench: %s\n(run 'fedbft bench --help' for usage)\n", msg);
-    return 2;
-}
-
 static bool parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *out)
 {
     if (!s || !*s || *s == '-' || *s == '+')
@@ -222,9 +208,11 @@ static int parse_rows(const char *list, bench_opts *o)
         while (k < NROWS && strcmp(w, ROWS[k].name) != 0)
             k++;
         if (k == NROWS)
-            return usage_error("--ablation=%s: unknown switch '%s' (batch, verify, digest-cache, "
-                               "sig-cache)",
-                               list, w);
+            return cli_usage_error(
+                "bench", "bench",
+                "--ablation=%s: unknown switch '%s' (batch, verify, digest-cache, "
+                "sig-cache)",
+                list, w);
         o->rows[k] = true;
     }
     return 0;
@@ -252,49 +240,57 @@ static int take_option(int c, const char *arg, bench_opts *o)
     case O_LOCAL:
         return parse_u32(arg, 4, BENCH_MAX_NODES, &o->local)
                    ? 0
-                   : usage_error("--local %s: must be 4..%d replicas", arg, BENCH_MAX_NODES);
+                   : cli_usage_error("bench", "bench", "--local %s: must be 4..%d replicas", arg,
+                                     BENCH_MAX_NODES);
     case O_BASE_PORT:
         return parse_u32(arg, 1, 65535, &o->base_port)
                    ? 0
-                   : usage_error("--base-port %s: must be 1..65535", arg);
+                   : cli_usage_error("bench", "bench", "--base-port %s: must be 1..65535", arg);
     case O_DURABILITY:
         if (strcmp(arg, "os") != 0 && strcmp(arg, "fsync") != 0)
-            return usage_error("--durability %s: must be os or fsync", arg);
+            return cli_usage_error("bench", "bench", "--durability %s: must be os or fsync", arg);
         o->durability = arg;
         return 0;
     case O_CLIENTS:
         return parse_u32(arg, 1, MAX_CLIENTS, &o->clients)
                    ? 0
-                   : usage_error("--clients %s: must be 1..%d", arg, MAX_CLIENTS);
+                   : cli_usage_error("bench", "bench", "--clients %s: must be 1..%d", arg,
+                                     MAX_CLIENTS);
     case O_RATE:
         return parse_real(arg, 0, 1e7, true, &o->rate)
                    ? 0
-                   : usage_error("--rate %s: must be a number of requests per second > 0", arg);
+                   : cli_usage_error("bench", "bench",
+                                     "--rate %s: must be a number of requests per second > 0", arg);
     case O_PAYLOAD:
         return parse_u32(arg, 0, MAX_PAYLOAD, &o->payload)
                    ? 0
-                   : usage_error("--payload %s: must be 0..%d bytes", arg, MAX_PAYLOAD);
+                   : cli_usage_error("bench", "bench", "--payload %s: must be 0..%d bytes", arg,
+                                     MAX_PAYLOAD);
     case O_WARMUP:
         return parse_real(arg, 0, 3600, false, &o->warmup)
                    ? 0
-                   : usage_error("--warmup %s: must be 0..3600 seconds", arg);
+                   : cli_usage_error("bench", "bench", "--warmup %s: must be 0..3600 seconds", arg);
     case O_DURATION:
         return parse_real(arg, 0.1, 86400, false, &o->duration)
                    ? 0
-                   : usage_error("--duration %s: must be 0.1..86400 seconds", arg);
+                   : cli_usage_error("bench", "bench", "--duration %s: must be 0.1..86400 seconds",
+                                     arg);
     case O_READ_RATIO:
         return parse_real(arg, 0, 1, false, &o->read_ratio)
                    ? 0
-                   : usage_error("--read-ratio %s: must be a fraction 0..1", arg);
+                   : cli_usage_error("bench", "bench", "--read-ratio %s: must be a fraction 0..1",
+                                     arg);
     case O_TIMEOUT:
         return parse_uint(arg, 100, 3600000, &o->timeout_ms)
                    ? 0
-                   : usage_error("--timeout %s: must be 100..3600000 ms", arg);
+                   : cli_usage_error("bench", "bench", "--timeout %s: must be 100..3600000 ms",
+                                     arg);
     case O_BATCH_MAX:
         o->any_switch = true;
         return parse_u32(arg, 1, 65536, &o->sw.batch_max)
                    ? 0
-                   : usage_error("--batch-max %s: must be 1..65536 requests", arg);
+                   : cli_usage_error("bench", "bench", "--batch-max %s: must be 1..65536 requests",
+                                     arg);
     case O_VERIFY:
         o->any_switch = true;
         if (strcmp(arg, "inline") == 0)
@@ -302,7 +298,7 @@ static int take_option(int c, const char *arg, bench_opts *o)
         else if (strcmp(arg, "batch") == 0)
             o->sw.verify = BENCH_VERIFY_BATCH;
         else
-            return usage_error("--verify %s: must be inline or batch", arg);
+            return cli_usage_error("bench", "bench", "--verify %s: must be inline or batch", arg);
         return 0;
     case O_NO_DIGEST:
         o->any_switch = o->sw.no_digest_cache = true;
@@ -314,17 +310,20 @@ static int take_option(int c, const char *arg, bench_opts *o)
         o->ablation = true;
         return parse_rows(arg, o);
     case O_CORES:
-        return parse_u32(arg, 1, 65536, &o->cores) ? 0
-                                                   : usage_error("--cores %s: must be >= 1", arg);
+        return parse_u32(arg, 1, 65536, &o->cores)
+                   ? 0
+                   : cli_usage_error("bench", "bench", "--cores %s: must be >= 1", arg);
     case O_ROUNDS:
-        return parse_u32(arg, 1, 20, &o->rounds) ? 0
-                                                 : usage_error("--rounds %s: must be 1..20", arg);
+        return parse_u32(arg, 1, 20, &o->rounds)
+                   ? 0
+                   : cli_usage_error("bench", "bench", "--rounds %s: must be 1..20", arg);
     case O_THRESHOLD:
         return parse_real(arg, 0, 100000, true, &o->threshold)
                    ? 0
-                   : usage_error("--threshold %s: must be a percentage > 0", arg);
+                   : cli_usage_error("bench", "bench", "--threshold %s: must be a percentage > 0",
+                                     arg);
     default:
-        return usage_error("unknown option");
+        return cli_usage_error("bench", "bench", "unknown option");
     }
 }
 
@@ -332,28 +331,37 @@ static int take_option(int c, const char *arg, bench_opts *o)
 static int check_combinations(const bench_opts *o, bool local_only_given)
 {
     if (!o->cluster && !o->local)
-        return usage_error("say what to benchmark: --local N, or --cluster FILE --keys DIR");
+        return cli_usage_error("bench", "bench",
+                               "say what to benchmark: --local N, or --cluster FILE --keys DIR");
     if (o->cluster && o->local)
-        return usage_error("--cluster and --local exclude each other");
+        return cli_usage_error("bench", "bench", "--cluster and --local exclude each other");
     if (o->cluster && !o->keys)
-        return usage_error("--cluster needs --keys DIR (the client keys, DIR/client<j>/node.key)");
+        return cli_usage_error(
+            "bench", "bench",
+            "--cluster needs --keys DIR (the client keys, DIR/client<j>/node.key)");
     if (o->local && o->keys)
-        return usage_error("--keys is for --cluster; --local makes its own client keys");
+        return cli_usage_error("bench", "bench",
+                               "--keys is for --cluster; --local makes its own client keys");
     if (o->cluster && local_only_given)
-        return usage_error("--base-port, --durability, --keep, --batch-max, --verify, "
-                           "--no-digest-cache, --no-sig-cache and --ablation need --local "
-                           "(they configure the cluster the bench makes)");
+        return cli_usage_error("bench", "bench",
+                               "--base-port, --durability, --keep, --batch-max, --verify, "
+                               "--no-digest-cache, --no-sig-cache and --ablation need --local "
+                               "(they configure the cluster the bench makes)");
     if (o->rounds > 1 && !o->ablation)
-        return usage_error("--rounds is for --ablation (one run is one round)");
+        return cli_usage_error("bench", "bench",
+                               "--rounds is for --ablation (one run is one round)");
     if (o->ablation && o->any_switch)
-        return usage_error("--ablation sets the switches itself; drop --batch-max, --verify, "
-                           "--no-digest-cache and --no-sig-cache");
+        return cli_usage_error("bench", "bench",
+                               "--ablation sets the switches itself; drop --batch-max, --verify, "
+                               "--no-digest-cache and --no-sig-cache");
     if (o->ablation && o->compare)
-        return usage_error("--compare takes a single run's record; it does not combine with "
-                           "--ablation");
+        return cli_usage_error("bench", "bench",
+                               "--compare takes a single run's record; it does not combine with "
+                               "--ablation");
     if (o->local && o->base_port + HTTP_PORT_OFFSET + o->local - 1 > 65535)
-        return usage_error("--base-port %u: too high for %u replicas (ports up to P+%u)",
-                           o->base_port, o->local, HTTP_PORT_OFFSET + o->local - 1);
+        return cli_usage_error("bench", "bench",
+                               "--base-port %u: too high for %u replicas (ports up to P+%u)",
+                               o->base_port, o->local, HTTP_PORT_OFFSET + o->local - 1);
     return 0;
 }
 
@@ -403,8 +411,8 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         if (c == '?') {
             const char *arg = argv[optind - 1];
-            return usage_error("%s: %s", arg ? arg : "?",
-                               optopt ? "needs a value" : "unknown option");
+            return cli_usage_error("bench", "bench", "%s: %s", arg ? arg : "?",
+                                   optopt ? "needs a value" : "unknown option");
         }
         if ((rc = take_option(c, optarg, o)) != 0)
             return rc;
@@ -412,7 +420,7 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
                       c == O_VERIFY || c == O_NO_DIGEST || c == O_NO_SIG || c == O_ABLATION;
     }
     if (optind < argc)
-        return usage_error("unexpected argument '%s'", argv[optind]);
+        return cli_usage_error("bench", "bench", "unexpected argument '%s'", argv[optind]);
     return check_combinations(o, local_only);
 }
 
@@ -661,7 +669,7 @@ static int make_workspace(const bench_opts *o, workspace *ws)
 {
     if (o->keep) {
         if (strlen(o->keep) >= sizeof ws->root)
-            return usage_error("--keep %s: path too long", o->keep);
+            return cli_usage_error("bench", "bench", "--keep %s: path too long", o->keep);
         snprintf(ws->root, sizeof ws->root, "%s", o->keep);
         return 0;
     }

@@ -17,7 +17,6 @@
 #include <http_parser.h>
 #include <netdb.h>
 #include <poll.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,19 +79,6 @@ typedef struct probe_target {
     char url[CFG_HOST_MAX + PROBE_PATH_MAX + 32];
 } probe_target;
 
-static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static int usage_error(const char *fmt, ...)
-{
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "fedbft probe: %s\n(run 'fedbft probe --help' for usage)\n", msg);
-    return 2;
-}
-
 static int parse_uint(const char *s, unsigned long min, unsigned long max, unsigned long *out)
 {
     if (!s || !isdigit((unsigned char)*s))
@@ -151,28 +137,32 @@ static int parse_probe_opts(int argc, char **argv, probe_opts *o)
             break;
         case OPT_TIMEOUT:
             if (parse_uint(optarg, 1, PROBE_MAX_TIMEOUT_MS, &v) != 0)
-                return usage_error("--timeout-ms %s: must be 1..%d milliseconds", optarg,
-                                   PROBE_MAX_TIMEOUT_MS);
+                return cli_usage_error("probe", "probe",
+                                       "--timeout-ms %s: must be 1..%d milliseconds", optarg,
+                                       PROBE_MAX_TIMEOUT_MS);
             o->timeout_ms = (uint32_t)v;
             break;
         default: {
             const char *arg = optind > 1 ? argv[optind - 1] : NULL;
-            return usage_error("%s: %s", arg ? arg : "?",
-                               optopt ? "needs a value" : "unknown option");
+            return cli_usage_error("probe", "probe", "%s: %s", arg ? arg : "?",
+                                   optopt ? "needs a value" : "unknown option");
         }
         }
     }
     if (optind < argc)
-        return usage_error("unexpected argument '%s'", argv[optind]);
+        return cli_usage_error("probe", "probe", "unexpected argument '%s'", argv[optind]);
     if (o->config && (o->host || o->port_arg))
-        return usage_error("--config and --host/--port: give one (--config reads the "
-                           "address and port from node.json)");
+        return cli_usage_error("probe", "probe",
+                               "--config and --host/--port: give one (--config reads the "
+                               "address and port from node.json)");
     if (!o->config && !o->port_arg)
-        return usage_error("what to probe? give --config NODE_JSON or --port P");
+        return cli_usage_error("probe", "probe",
+                               "what to probe? give --config NODE_JSON or --port P");
     if (!path_ok(o->path))
-        return usage_error("--path '%s': must start with '/' and hold no spaces or control "
-                           "characters (at most %d bytes), e.g. /ready",
-                           o->path, PROBE_PATH_MAX - 1);
+        return cli_usage_error("probe", "probe",
+                               "--path '%s': must start with '/' and hold no spaces or control "
+                               "characters (at most %d bytes), e.g. /ready",
+                               o->path, PROBE_PATH_MAX - 1);
     return 0;
 }
 
@@ -246,9 +236,10 @@ static int resolve_target(const probe_opts *o, probe_target *t)
         unsigned long port;
         const char *host = o->host ? o->host : PROBE_DEFAULT_HOST;
         if (cfg_check_host(host, err, sizeof err) != 0)
-            return usage_error("--host: %s", err);
+            return cli_usage_error("probe", "probe", "--host: %s", err);
         if (parse_uint(o->port_arg, 1, 65535, &port) != 0)
-            return usage_error("--port %s: must be a TCP port, 1..65535", o->port_arg);
+            return cli_usage_error("probe", "probe", "--port %s: must be a TCP port, 1..65535",
+                                   o->port_arg);
         snprintf(t->host, sizeof t->host, "%s", host);
         t->port = (uint16_t)port;
     }
