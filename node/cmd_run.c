@@ -7,10 +7,14 @@
 #include "node.h"
 #include "store.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 void cmd_run_usage(FILE *out)
 {
@@ -29,7 +33,21 @@ void cmd_run_usage(FILE *out)
                  "                 the checkpoint it installs, and meanwhile counts toward\n"
                  "                 no quorum: resync at most f replicas at a time.\n"
                  "                 With 'fedbft cluster': cluster restart I --dir DIR --resync\n"
+                 "                 A file named RESYNC in the data directory asks for the\n"
+                 "                 same where the command line is fixed (a container or a\n"
+                 "                 systemd unit): the node wipes, then deletes the file.\n"
                  "  --help         show this help\n");
+}
+
+/* DATA_DIR/RESYNC: a resync asked for from outside, for a node whose command
+ * line an operator cannot change (a container, a systemd unit). */
+#define RESYNC_FILE "RESYNC"
+
+static bool resync_requested(const char *data_dir, char *path, size_t len)
+{
+    struct stat st;
+    int n = snprintf(path, len, "%s/%s", data_dir, RESYNC_FILE);
+    return n > 0 && (size_t)n < len && lstat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
 typedef struct run_ctx {
@@ -102,13 +120,22 @@ int cmd_run(int argc, char **argv)
     snprintf(tag, sizeof tag, "node %u", cfg.id);
     fb_log_set_tag(tag);
     signal(SIGPIPE, SIG_IGN);
-    if (resync) {
+    char marker[CFG_PATH_MAX + sizeof RESYNC_FILE + 1];
+    bool by_file = resync_requested(cfg.data_dir, marker, sizeof marker);
+    if (resync || by_file) {
         if (store_wipe(cfg.data_dir, err, sizeof err) != 0) {
             LOG_ERROR("resync: %s", err);
             return 1;
         }
-        LOG_WARN("resync: deleted the local state in %s; rebuilding it from the peers by "
+        /* After the wipe (and its durable marker): a crash in between only
+         * wipes the empty store again. */
+        if (by_file && unlink(marker) != 0) {
+            LOG_ERROR("resync: cannot delete %s: %s", marker, strerror(errno));
+            return 1;
+        }
+        LOG_WARN("resync%s: deleted the local state in %s; rebuilding it from the peers by "
                  "state transfer",
+                 by_file ? " (asked for by " RESYNC_FILE " in the data directory)" : "",
                  cfg.data_dir);
     }
 

@@ -64,8 +64,9 @@ if [ -f "$out/kustomization.yaml" ]; then
             "--namespace $kns)"
 fi
 if [ -e "$out/secrets.yaml" ] && [ "$force" -eq 0 ]; then
-    die "$out/secrets.yaml exists: new keys make a new federation. Pass --force, and" \
-        "delete the old replicas' data (kubectl -n $ns delete pvc -l app.kubernetes.io/name=fedbft)"
+    die "$out/secrets.yaml exists: new keys make a new federation. First remove the old" \
+        "one (kubectl delete -k $out; kubectl -n $ns delete pvc -l app.kubernetes.io/name=fedbft)," \
+        "then run again with --force and kubectl apply -k $out"
 fi
 
 tmp=$(mktemp -d)

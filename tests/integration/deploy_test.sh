@@ -636,6 +636,15 @@ rc=$?
 check "compose init step run again: exit 0, keys kept" \
     bash -c '[ "$1" -eq 0 ] && [ "$2" = "$(cat "$3/cluster.json" "$3"/node*/node.key | md5sum)" ]' \
     _ $rc "$sum1" "$tmp/compose"
+# A run cut short after the keys but before cluster.json and the marker is
+# redone, not locked out by the keys it left.
+mkdir -p "$tmp/compose-cut"
+cp -r "$tmp/compose"/node0 "$tmp/compose-cut"/
+PATH=$(dirname "$FEDBFT"):$PATH FEDBFT_DIR=$tmp/compose-cut sh "$tmp/compose-init.sh" > "$tmp/ci3.out" 2>&1
+rc=$?
+check "compose init step after a run cut short (keys left, no cluster.json): exit 0 ($rc), cluster made" \
+    bash -c '[ "$1" -eq 0 ] && [ -f "$2/.init-done" ] && [ -f "$2/cluster.json" ]' _ $rc "$tmp/compose-cut"
+[ $rc -eq 0 ] || sed 's/^/     /' "$tmp/ci3.out"
 pycheck compose "$tmp/compose"
 if docker compose version > /dev/null 2>&1; then
     check "docker compose config accepts docker-compose.yml" docker compose -f "$src/docker-compose.yml" config -q

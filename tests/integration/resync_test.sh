@@ -9,7 +9,8 @@
 #       the cluster commits with node 3 as a needed member of every quorum;
 #   (c) a node stopped while the cluster runs past its log window catches up
 #       by state transfer when restarted;
-#   (d) peers serving corrupted state chunks (`fault corrupt_state=true`) are
+#   (d) (a resync asked for by a RESYNC file in the data directory, as in a
+#       container) peers serving corrupted state chunks (`fault corrupt_state=true`) are
 #       detected and counted (fedbft_state_transfers_total{result="bad_peer"});
 #       once one peer is honest again the wiped node installs from it;
 # and at the end every node holds the same state digest (`fedbft inspect`).
@@ -211,8 +212,15 @@ if ctl 0 fault | grep -q corrupt_state; then
     stop_node 3
     target=$(executed 0)
     before=$(installs)
-    "$FEDBFT" cluster restart 3 --dir "$dir" --resync > /dev/null 2>&1
-    check "node 3 restarted with --resync" test $? -eq 0
+    # This resync is asked for the way a container or a systemd unit does
+    # it: a RESYNC file in the data directory, no --resync on the command line.
+    touch "$dir/node3/data/RESYNC"
+    "$FEDBFT" cluster restart 3 --dir "$dir" > /dev/null 2>&1
+    check "node 3 restarted with DATA_DIR/RESYNC" test $? -eq 0
+    check "node 3 logs the resync the RESYNC file asked for" \
+        grep -q 'resync (asked for by RESYNC in the data directory): deleted the local state' "$log3"
+    check "node 3 deleted the RESYNC file (a later restart keeps its state)" \
+        test ! -e "$dir/node3/data/RESYNC"
     rejected() { [ "$(bad_peers)" -ge 2 ] 2>/dev/null; }
     wait_for "node 3 rejects the corrupted state of two peers" 30 rejected
     check "node 3 installed nothing from the lying peers" test "$(installs)" -eq "$before"
