@@ -158,9 +158,10 @@ check "probe says connection refused" \
     grep -qx "probe: http://127.0.0.4:$((base + 200))/ready: connection refused" "$tmp/probe.out"
 
 # a port that accepts but never answers: the timeout
-python3 -c 'import socket, sys, time
+# (it accepts into its backlog and holds the socket until it is killed)
+python3 -c 'import signal, socket
 s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(8)
-print(s.getsockname()[1], flush=True); time.sleep(60)' > "$tmp/silent.port" &
+print(s.getsockname()[1], flush=True); signal.pause()' > "$tmp/silent.port" &
 silent_pid=$!
 wait_for "a silent listener is up" 10 test -s "$tmp/silent.port"
 t0=$(now_ms)
