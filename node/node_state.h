@@ -2,7 +2,8 @@
  * PBFT_ACT_FETCH_STATE).  Loop thread only.
  *
  * Requester: asks one peer at a time for the checkpoint's state, chunk by
- * chunk (StateRequest / StateResponse).  Chunk 0 carries the checkpoint's
+ * chunk (StateRequest / StateResponse), up to REQUEST_WINDOW chunks out at
+ * once once chunk 0 has given the count.  Chunk 0 carries the checkpoint's
  * client table and KV digest; they must combine to the certified checkpoint
  * digest (pbft_state_digest) or the peer is abandoned.  Chunks go to the
  * store's staging area; the install commits only if the staged pairs hash to
@@ -17,11 +18,14 @@
  * (the next connected one, in id order);
  * when every peer in turn failed, the fetch pauses for pause_ms and then goes
  * round again.  A fetch for a newer checkpoint replaces the current one (and
- * keeps its peer if that peer was delivering).
+ * keeps its peer if that peer was delivering); the replica asks for one only
+ * once the current one is installed or no peer could serve it.
  *
  * Server: answers requests for a checkpoint it holds a snapshot of (the
  * client table kept at that checkpoint) and the store can still rebuild the
- * KV pairs of, at most a few at a time; otherwise answers `unavailable`.
+ * KV pairs of, at most a few at a time; otherwise answers `unavailable`.  A
+ * snapshot asked for is pinned for a while by the node (node.c), so the
+ * cluster moving on does not take it away mid-transfer.
  */
 #ifndef FB_NODE_STATE_H
 #define FB_NODE_STATE_H
