@@ -38,6 +38,10 @@ struct fb_client {
     fb_client_cb cb;
     void *cb_arg;
     uint64_t view_hint;
+    /* No reply seen yet: this client does not know the view, so its writes go
+     * to every replica (after a view change a new client would otherwise ask
+     * the old primary first and wait a retransmit period for nothing). */
+    bool view_known;
     fb_client_stats stats;
     fb_client_msg_cb msg_cb; /* other messages from replicas (InferResult) */
     void *msg_arg;
@@ -126,7 +130,7 @@ static int issue(fb_client *c)
     if (rc)
         return rc;
     clear_votes(c);
-    if (c->read_only)
+    if (c->read_only || !c->view_known)
         send_all(c);
     else
         net_send_replica(c->net, pbft_primary(c->view_hint, c->cfg.cluster->n), c->wire,
@@ -193,6 +197,7 @@ static void on_reply_frame(void *arg, uint32_t id, const uint8_t *frame, size_t 
             v->seq = rp->seq;
             if (rp->view > c->view_hint)
                 c->view_hint = rp->view;
+            c->view_known = true;
             vote copy = *v; /* tally may finish and free the votes */
             uint8_t *bytes = malloc(copy.len ? copy.len : 1);
             if (bytes) {

@@ -130,6 +130,11 @@ attack equivocate 0 "$next"
 writer() { # writer CLIENT: unique keys until $tmp/stop exists; acks to $tmp/acked.CLIENT
     local c=$1 n=0 out
     while [ ! -e "$tmp/stop" ]; do
+        # Paced (a few writes a second per writer): an attack aims at a
+        # sequence number inside every honest node's window, and a cluster
+        # running flat out would move the window past it before the hostile
+        # replica's messages arrive (they would count as watermark drops).
+        sleep 0.2
         if out=$(C "$c" put "w$c/$n" "x$n" 2>&1) && [ "${out%% *}" = OK ]; then
             echo "w$c/$n x$n" >> "$tmp/acked.$c"
         else
