@@ -279,13 +279,15 @@ int pbft_msg_make_batch(int type, uint32_t sender, const ProtobufCMessage *paylo
         else
             stats->envelopes++;
     }
-    signer->sign(signer->arg, digest, sig);
+    bool signed_type = fb_env_type_signed(type); /* COMMIT: the channel proves the sender */
+    if (signed_type)
+        signer->sign(signer->arg, digest, sig);
     Fedbft__Envelope env = FEDBFT__ENVELOPE__INIT;
     env.type = (Fedbft__MsgType)type;
     env.sender = sender;
     env.version = FB_PROTOCOL_VERSION;
     env.payload = (ProtobufCBinaryData){plen, pbuf};
-    env.signature = (ProtobufCBinaryData){sizeof sig, sig};
+    env.signature = (ProtobufCBinaryData){signed_type ? sizeof sig : 0, signed_type ? sig : NULL};
     size_t len = fedbft__envelope__get_packed_size(&env);
     uint8_t *raw = malloc(len);
     if (!raw) {
@@ -396,6 +398,8 @@ static int walk_env(sig_walk *w, const Fedbft__Envelope *e, int want_type, int d
 int pbft_msg_signatures(const pbft_msg *m, pbft_sigref *out, size_t cap)
 {
     sig_walk w = {out, cap, 0};
+    if (!fb_env_type_signed(m->type)) /* a COMMIT: authenticated by its link */
+        return 0;
     add_sig(&w, m->type, m->sender, m->digest, m->env->signature.data);
     if (m->type == FEDBFT__MSG_TYPE__MSG_PRE_PREPARE) {
         /* The requests are parsed already; their digests are known. */

@@ -120,7 +120,8 @@ typedef struct pbft_sigref {
  * recursively.  The node verifies all of them before stepping m into the
  * replica; the replica then trusts every signature inside m.  Returns the
  * number found (at most cap filled), or a negative FB_E* code if a nested
- * envelope is malformed. */
+ * envelope is malformed.  A COMMIT has none (fb_env_type_signed): the caller
+ * must take its sender from the authenticated link it came on. */
 int pbft_msg_signatures(const pbft_msg *m, pbft_sigref *out, size_t cap);
 
 #endif

@@ -20,6 +20,11 @@ static int envelope_type_valid(int type)
     return type >= FEDBFT__MSG_TYPE__MSG_REQUEST && type <= FEDBFT__MSG_TYPE__MSG_INFER_RESULT;
 }
 
+bool fb_env_type_signed(int type)
+{
+    return type != FEDBFT__MSG_TYPE__MSG_REPLY && type != FEDBFT__MSG_TYPE__MSG_COMMIT;
+}
+
 const ProtobufCMessageDescriptor *fb_env_payload_descriptor(int type)
 {
     switch (type) {
@@ -79,7 +84,7 @@ int fb_env_seal(int type, uint32_t sender, const uint8_t *payload, size_t payloa
     int rc = fb_env_digest(type, FB_PROTOCOL_VERSION, sender, payload, payload_len, digest);
     if (rc)
         return rc;
-    bool signed_type = type != FEDBFT__MSG_TYPE__MSG_REPLY;
+    bool signed_type = fb_env_type_signed(type);
     if (signed_type) {
         if (!id)
             return FB_EINVAL;
@@ -116,12 +121,13 @@ int fb_env_unpack(const uint8_t *buf, size_t len, Fedbft__Envelope **out, char *
                      env->version, FB_PROTOCOL_VERSION);
     else if (!envelope_type_valid(env->type))
         rc = fb_errf(err, errlen, FB_EPROTO, "envelope: unknown message type %d", (int)env->type);
-    else if (env->type == FEDBFT__MSG_TYPE__MSG_REPLY && env->signature.len != 0)
+    else if (!fb_env_type_signed(env->type) && env->signature.len != 0)
         rc = fb_errf(err, errlen, FB_EPROTO,
-                     "envelope: a REPLY carries no signature (the channel authenticates it), "
+                     "envelope: a %s carries no signature (the channel authenticates it), "
                      "this one has %zu bytes",
+                     env->type == FEDBFT__MSG_TYPE__MSG_REPLY ? "REPLY" : "COMMIT",
                      env->signature.len);
-    else if (env->type != FEDBFT__MSG_TYPE__MSG_REPLY && env->signature.len != FB_SIG_LEN)
+    else if (fb_env_type_signed(env->type) && env->signature.len != FB_SIG_LEN)
         rc = fb_errf(err, errlen, FB_EPROTO, "envelope: signature is %zu bytes, expected %d",
                      env->signature.len, FB_SIG_LEN);
     if (rc) {

@@ -147,26 +147,26 @@ static json_t *views_json(const bench_run *r)
 }
 
 /* Ed25519 verifications, summed over all n replicas, that one operation
- * costs in this protocol (PBFT, signature variant, section 4.2), b = the mean
- * batch size, q = the quorum (2f+1 when n = 3f+1):
+ * costs in this protocol (PBFT, section 4.2, with signed requests,
+ * PRE-PREPAREs and PREPAREs; a COMMIT is authenticated by its link and
+ * carries no signature), b = the mean batch size, q = the quorum (2f+1 when
+ * n = 3f+1):
  *   per request: every replica checks the client's signature       n
  *   per batch:   the n-1 backups check the PRE-PREPARE              n-1
  *     every vote checked (the reference formula):
  *                every replica checks the PREPAREs of the backups
  *                other than itself (the primary sends none)         (n-1)^2
- *                every replica checks the n-1 others' COMMITs       n(n-1)
- *       => n + 2n(n-1)/b per ordered request
+ *       => n + n(n-1)/b per ordered request
  *     the minimum (a replica needs only its quorum; the node drops votes
  *     that arrive after their slot completed, unverified):
  *                the primary q-1 PREPAREs, each backup q-2 others'  (q-1) + (n-1)(q-2)
- *                every replica q-1 others' COMMITs                  n(q-1)
  *   a read on the fast path is not ordered: n.
  * Checkpoints, view changes and retransmissions are left out. */
 static double protocol_per_op(uint32_t n, double batch, double write_share, bool all_votes)
 {
     double q = pbft_quorum(n), nn = n;
-    double per_batch = all_votes ? (nn - 1) + (nn - 1) * (nn - 1) + nn * (nn - 1)
-                                 : (nn - 1) + (q - 1) + (nn - 1) * (q - 2) + nn * (q - 1);
+    double per_batch =
+        all_votes ? (nn - 1) + (nn - 1) * (nn - 1) : (nn - 1) + (q - 1) + (nn - 1) * (q - 2);
     return nn + write_share * per_batch / batch;
 }
 

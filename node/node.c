@@ -172,6 +172,7 @@ struct fb_node {
     uint8_t *inline_ok;              /* verify="inline": results of one job */
     uint32_t inline_ok_cap;
     uint64_t inline_verified; /* verify="inline": signatures checked */
+    uint32_t bv_jobs;         /* jobs at the batch verifier, not yet delivered */
 
     sbatch *open; /* filling this turn (or these turns, while the store is behind) */
     sbatch *inflight_head, *inflight_tail;
@@ -816,6 +817,14 @@ static void on_verified(void *arg, const uint8_t *ok, size_t nitems)
     job_free(j);
 }
 
+/* A batch verifier job delivered (in submission order). */
+static void on_bv_done(void *arg, const uint8_t *ok, size_t nitems)
+{
+    vjob *j = arg;
+    j->node->bv_jobs--;
+    on_verified(j, ok, nitems);
+}
+
 /* verify="inline": check a job's signatures on the loop thread, one by one,
  * with the batch verifier's cache rules (look every triple up first, remember
  * the ones that verified once the job is done), so that the two modes check
@@ -877,12 +886,20 @@ static void flush_job(fb_node *n)
         n->inline_tail = j;
         return;
     }
+    if (j->nsigs == 0 && n->bv_jobs == 0) {
+        /* Only COMMITs (the link proved their senders), and nothing verified
+         * earlier waits to be stepped before them: step them now. */
+        on_verified(j, NULL, 0);
+        return;
+    }
     fb_metric_observe(n->m.verify_batch, (double)j->nsigs);
-    if (fb_batchver_submit(n->bv, j->items, j->nsigs, on_verified, j) != 0) {
+    if (fb_batchver_submit(n->bv, j->items, j->nsigs, on_bv_done, j) != 0) {
         /* Verifier saturated: shed this turn's input; peers retransmit. */
         n->dropped_sig += j->nmsgs;
         job_free(j);
+        return;
     }
+    n->bv_jobs++;
 }
 
 static bool job_reserve(vjob *j, uint32_t nsigs)
@@ -999,7 +1016,9 @@ static void collect(fb_node *n, in_kind kind, pbft_msg *m, uint32_t from)
     int k = pbft_msg_signatures(m, sigs, FEW_SIGS);
     if (k > FEW_SIGS && k <= MAX_MSG_SIGS && (sigs = malloc((size_t)k * sizeof *sigs)) != NULL)
         k = pbft_msg_signatures(m, sigs, (size_t)k);
-    if (k <= 0 || k > MAX_MSG_SIGS || !sigs) {
+    /* k == 0: a COMMIT, whose sender the link proved (on_replica_frame);
+     * it still joins the turn's job so that messages step in arrival order. */
+    if (k < 0 || k > MAX_MSG_SIGS || !sigs) {
         n->dropped_parse++;
         if (sigs != few)
             free(sigs);
@@ -1012,11 +1031,11 @@ static void collect(fb_node *n, in_kind kind, pbft_msg *m, uint32_t from)
         if (!pk) {
             n->dropped_cheap++; /* signed by nobody we know */
             pbft_msg_unref(m);
-            k = 0;
+            k = -1;
             break;
         }
     }
-    if (k > 0)
+    if (k >= 0)
         enqueue_verify(n, kind, m, NULL, from, sigs, k);
     if (sigs != few)
         free(sigs);

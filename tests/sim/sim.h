@@ -60,14 +60,15 @@ typedef enum sim_fault {
 
 /* What the run observed. */
 typedef enum sim_counter {
-    SIM_C_REQUESTS,        /* client requests accepted (f+1 matching replies) */
-    SIM_C_READ_ONLY,       /* of which read-only, accepted on 2f+1 matching replies */
-    SIM_C_RO_FALLBACK,     /* read-only requests retried as ordered GETs */
-    SIM_C_EXECUTED,        /* batches executed durably by correct replicas */
-    SIM_C_DELIVERED,       /* protocol messages stepped into replicas */
-    SIM_C_DROP_PARSE,      /* dropped: pbft_msg_parse refused them */
-    SIM_C_DROP_SIG,        /* dropped: a carried signature did not verify */
-    SIM_C_DROP_DOWN,       /* dropped: the receiver was crashed */
+    SIM_C_REQUESTS,    /* client requests accepted (f+1 matching replies) */
+    SIM_C_READ_ONLY,   /* of which read-only, accepted on 2f+1 matching replies */
+    SIM_C_RO_FALLBACK, /* read-only requests retried as ordered GETs */
+    SIM_C_EXECUTED,    /* batches executed durably by correct replicas */
+    SIM_C_DELIVERED,   /* protocol messages stepped into replicas */
+    SIM_C_DROP_PARSE,  /* dropped: pbft_msg_parse refused them */
+    SIM_C_DROP_SIG,  /* dropped: a carried signature did not verify, or the link is not the sender's
+                      */
+    SIM_C_DROP_DOWN, /* dropped: the receiver was crashed */
     SIM_C_DROP_QUEUE,      /* dropped: the in-flight queue was full */
     SIM_C_VERIFIES,        /* signatures a replica's own cache missed (a node verifies these) */
     SIM_C_ED25519,         /* Ed25519 verifications actually computed (after the shared memo) */

@@ -987,7 +987,11 @@ void node_deliver(sim_world *w, sim_node *nd, const sim_pkt *pkt)
         sim_trace(w, TR_DROP_PARSE, nd->idx, from, pkt->len, 0, 0);
         return;
     }
-    if (!verify(w, nd, m)) {
+    /* As the node does (on_replica_frame): the link names the replica that
+     * sent a protocol message; only a REQUEST may be relayed.  A COMMIT has
+     * no signature, so this check is what authenticates it. */
+    bool link_ok = pkt->src_client || m->type == FEDBFT__MSG_TYPE__MSG_REQUEST || m->sender == from;
+    if (!link_ok || !verify(w, nd, m)) {
         w->res->counters[SIM_C_DROP_SIG]++;
         sim_trace(w, TR_DROP_SIG, nd->idx, from, (uint64_t)m->type, m->sender, 0);
         pbft_msg_unref(m);

@@ -351,15 +351,22 @@ static pbft_msg *prepare_as(hostile *h, uint32_t sender, uint64_t view, uint64_t
     return make_as(T_PREPARE, sender, &p.base, &h->self);
 }
 
-static pbft_msg *commit(hostile *h, uint64_t view, uint64_t seq,
-                        const uint8_t digest[FB_DIGEST_LEN])
+/* A COMMIT carries no signature: only the link it arrives on names its sender. */
+static pbft_msg *commit_as(hostile *h, uint32_t sender, uint64_t view, uint64_t seq,
+                           const uint8_t digest[FB_DIGEST_LEN])
 {
     Fedbft__Commit c = FEDBFT__COMMIT__INIT;
     c.view = view;
     c.seq = seq;
     c.digest = bin(digest, FB_DIGEST_LEN);
-    c.replica = h->k;
-    return make(h, T_COMMIT, &c.base);
+    c.replica = sender;
+    return make_as(T_COMMIT, sender, &c.base, &h->self);
+}
+
+static pbft_msg *commit(hostile *h, uint64_t view, uint64_t seq,
+                        const uint8_t digest[FB_DIGEST_LEN])
+{
+    return commit_as(h, h->k, view, seq, digest);
 }
 
 static pbft_msg *checkpoint(hostile *h, uint64_t seq, const uint8_t digest[FB_DIGEST_LEN])
@@ -598,8 +605,9 @@ static int sc_forged(hostile *h)
     p.digest = bin(d, FB_DIGEST_LEN);
     p.replica = h->k;
     pbft_msg *stranger = make_as(T_PREPARE, h->k, &p.base, &h->stranger);
-    /* 2, 3: a COMMIT and a CHECKPOINT with one signature bit flipped */
-    pbft_msg *c = commit(h, v, s, d);
+    /* 2, 3: a PREPARE and a CHECKPOINT with one signature bit flipped (a
+     * COMMIT carries no signature: its link proves the sender) */
+    pbft_msg *c = prepare_as(h, h->k, v, s, d);
     pbft_msg *ck = checkpoint(h, s, d);
     size_t clen, cklen, nvlen = 0;
     uint8_t *cbad = flip_signature(c, &clen);
@@ -632,8 +640,10 @@ static int sc_forged(hostile *h)
         if (rc == 0 && nested)
             rc = send_frame(h, id, nested, nvlen);
     }
-    /* 5: a PREPARE naming another replica as its sender, signed by us: the
-     * link says who sent it, so the receiver drops it before any signature */
+    /* 5, 6: a PREPARE naming another replica as its sender, signed by us, and
+     * a COMMIT naming another replica (unsigned, so only this check stands
+     * between a liar and another replica's vote): the link says who sent
+     * them, so the receiver drops both before any signature */
     for (uint32_t id = 0; id < h->cl.n && rc == 0; id++) {
         uint32_t other = 0;
         while (other == id || other == h->k)
@@ -642,6 +652,10 @@ static int sc_forged(hostile *h)
             continue;
         pbft_msg *imp = prepare_as(h, other, v, s, d);
         rc = send_msg(h, id, imp);
+        pbft_msg_unref(imp);
+        imp = commit_as(h, other, v, s, d);
+        if (rc == 0)
+            rc = send_msg(h, id, imp);
         pbft_msg_unref(imp);
     }
     free(cbad);
@@ -657,8 +671,9 @@ static int sc_forged(hostile *h)
     unsigned bad_sigs = h->has_client ? 4 : 3;
     report("forged", rc,
            "%u envelopes as replica %u at view %" PRIu64 " seq %" PRIu64
-           ": PREPARE signed by an unknown key, COMMIT and CHECKPOINT with a flipped "
-           "signature bit%s, PREPARE claiming another replica's id | expect signature=%u",
+           ": PREPARE signed by an unknown key, PREPARE and CHECKPOINT with a flipped "
+           "signature bit%s, PREPARE and COMMIT claiming another replica's id | expect signature=%u "
+           "cheap_check=2",
            (unsigned)h->sent, (unsigned)h->k, v, s,
            h->has_client ? ", PRE-PREPARE relaying a request with a flipped client signature" : "",
            bad_sigs);

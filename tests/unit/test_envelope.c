@@ -73,9 +73,9 @@ static size_t repack(const uint8_t *wire, size_t wlen, void (*edit)(Fedbft__Enve
     return n;
 }
 
-static void as_commit(Fedbft__Envelope *e)
+static void as_checkpoint(Fedbft__Envelope *e)
 {
-    e->type = FEDBFT__MSG_TYPE__MSG_COMMIT;
+    e->type = FEDBFT__MSG_TYPE__MSG_CHECKPOINT;
 }
 static void other_sender(Fedbft__Envelope *e)
 {
@@ -111,7 +111,7 @@ static void test_signature_binds_type_sender_payload(void **state)
     size_t plen = prepare_payload(payload, sizeof payload), wlen;
     assert_int_equal(
         fb_env_seal(FEDBFT__MSG_TYPE__MSG_PREPARE, 2, payload, plen, &id, &wire, &wlen), 0);
-    void (*edits[])(Fedbft__Envelope *) = {as_commit, other_sender, flip_payload};
+    void (*edits[])(Fedbft__Envelope *) = {as_checkpoint, other_sender, flip_payload};
     for (size_t i = 0; i < sizeof edits / sizeof edits[0]; i++) {
         size_t n = repack(wire, wlen, edits[i], out);
         Fedbft__Envelope *env = NULL;
@@ -175,8 +175,8 @@ static void test_seal_rejects_unknown_type(void **state)
     assert_null(wire);
 }
 
-/* A REPLY is the one unsigned type: sealed without a key, opened only with an
- * empty signature; every other type still needs a key and 64 bytes. */
+/* REPLY and COMMIT are the unsigned types: sealed without a key, opened only
+ * with an empty signature; every other type still needs a key and 64 bytes. */
 static void add_sig(Fedbft__Envelope *e)
 {
     e->signature.data = calloc(1, FB_SIG_LEN); /* freed with the envelope */
@@ -191,8 +191,12 @@ static void as_reply(Fedbft__Envelope *e)
 {
     e->type = FEDBFT__MSG_TYPE__MSG_REPLY;
 }
+static void as_commit(Fedbft__Envelope *e)
+{
+    e->type = FEDBFT__MSG_TYPE__MSG_COMMIT;
+}
 
-static void test_reply_is_unsigned(void **state)
+static void test_unsigned_types(void **state)
 {
     (void)state;
     fb_identity id = ident(1);
@@ -200,26 +204,40 @@ static void test_reply_is_unsigned(void **state)
     size_t plen = prepare_payload(payload, sizeof payload), wlen, pwlen;
     char err[160];
     Fedbft__Envelope *env = NULL;
-    assert_int_equal(fb_env_seal(FEDBFT__MSG_TYPE__MSG_REPLY, 2, payload, plen, NULL, &wire, &wlen),
-                     0);
-    assert_int_equal(fb_env_open(wire, wlen, &env, digest, err, sizeof err), 0);
-    assert_int_equal(env->type, FEDBFT__MSG_TYPE__MSG_REPLY);
-    assert_int_equal(env->signature.len, 0);
-    assert_memory_equal(env->payload.data, payload, plen);
-    fedbft__envelope__free_unpacked(env, NULL);
-
-    /* a REPLY with a signature is malformed */
-    size_t n = repack(wire, wlen, add_sig, out);
-    assert_int_equal(fb_env_open(out, n, &env, digest, err, sizeof err), FB_EPROTO);
-    assert_non_null(strstr(err, "REPLY carries no signature"));
-    /* a signed PREPARE retyped as REPLY keeps its signature: rejected too */
     assert_int_equal(
         fb_env_seal(FEDBFT__MSG_TYPE__MSG_PREPARE, 2, payload, plen, &id, &pwire, &pwlen), 0);
-    n = repack(pwire, pwlen, as_reply, out);
-    assert_int_equal(fb_env_open(out, n, &env, digest, err, sizeof err), FB_EPROTO);
+    const struct {
+        int type;
+        const char *name;
+        void (*retype)(Fedbft__Envelope *);
+    } unsigned_types[] = {{FEDBFT__MSG_TYPE__MSG_REPLY, "REPLY", as_reply},
+                          {FEDBFT__MSG_TYPE__MSG_COMMIT, "COMMIT", as_commit}};
+    for (size_t t = 0; t < sizeof unsigned_types / sizeof unsigned_types[0]; t++) {
+        int type = unsigned_types[t].type;
+        assert_false(fb_env_type_signed(type));
+        assert_int_equal(fb_env_seal(type, 2, payload, plen, NULL, &wire, &wlen), 0);
+        assert_int_equal(fb_env_open(wire, wlen, &env, digest, err, sizeof err), 0);
+        assert_int_equal(env->type, type);
+        assert_int_equal(env->signature.len, 0);
+        assert_memory_equal(env->payload.data, payload, plen);
+        fedbft__envelope__free_unpacked(env, NULL);
+
+        /* one with a signature is malformed */
+        size_t n = repack(wire, wlen, add_sig, out);
+        assert_int_equal(fb_env_open(out, n, &env, digest, err, sizeof err), FB_EPROTO);
+        char words[64];
+        snprintf(words, sizeof words, "%s carries no signature", unsigned_types[t].name);
+        assert_non_null(strstr(err, words));
+        /* a signed PREPARE retyped as this type keeps its signature: rejected too */
+        n = repack(pwire, pwlen, unsigned_types[t].retype, out);
+        assert_int_equal(fb_env_open(out, n, &env, digest, err, sizeof err), FB_EPROTO);
+        free(wire);
+    }
+    assert_true(fb_env_type_signed(FEDBFT__MSG_TYPE__MSG_PREPARE));
+    assert_true(fb_env_type_signed(FEDBFT__MSG_TYPE__MSG_REQUEST));
     /* any other type without a signature is malformed, and cannot be sealed
      * without a key */
-    n = repack(pwire, pwlen, drop_sig, out);
+    size_t n = repack(pwire, pwlen, drop_sig, out);
     assert_int_equal(fb_env_open(out, n, &env, digest, err, sizeof err), FB_EPROTO);
     assert_non_null(strstr(err, "expected 64"));
     uint8_t *none = NULL;
@@ -228,7 +246,6 @@ static void test_reply_is_unsigned(void **state)
         FB_EINVAL);
     assert_null(none);
     free(pwire);
-    free(wire);
 }
 
 int main(void)
@@ -238,7 +255,7 @@ int main(void)
         cmocka_unit_test(test_signature_binds_type_sender_payload),
         cmocka_unit_test(test_open_rejects_malformed),
         cmocka_unit_test(test_seal_rejects_unknown_type),
-        cmocka_unit_test(test_reply_is_unsigned),
+        cmocka_unit_test(test_unsigned_types),
     };
     if (fb_crypto_init() != 0)
         return 1;
