@@ -228,8 +228,11 @@ int fb_batchver_submit(fb_batchver *bv, const fb_verify_item *items, size_t n,
     bv->pending += n;
     bv->stats.jobs++;
     bv->stats.submitted += n;
-    if (j->nmiss > 0)
-        pthread_cond_broadcast(&bv->work_cv);
+    /* Wake one worker per chunk to claim, no more: a lone signature (the
+     * common case at low load) costs one worker's wake-up, not the pool's. */
+    size_t chunks = (j->nmiss + j->chunk - 1) / j->chunk;
+    for (size_t c = 0; c < chunks && c < bv->nthreads; c++)
+        pthread_cond_signal(&bv->work_cv);
     pthread_mutex_unlock(&bv->mu);
     if (j->nmiss == 0)
         bv->wake(bv->wake_arg); /* answered from the cache; deliver on the next poll */
