@@ -207,6 +207,9 @@ static json_t *signatures_json(const bench_run *r, double throughput, bool *use_
     double bound_min = have_min && t > 0 ? r->cfg.cores / (pmin * t) : NAN;
     json_t *o = json_object();
     json_object_set_new(o, "verify_us", json_real(r->verify_us));
+    json_object_set_new(o, "verify_us_before", json_real(r->verify_us_before));
+    json_object_set_new(o, "verify_us_after", json_real(r->verify_us_after));
+    json_object_set_new(o, "verify_threads", json_integer(r->verify_threads));
     json_object_set_new(o, "verify_samples", json_integer(r->verify_samples));
     json_object_set_new(o, "counter",
                         all_metrics ? json_string(all_verified ? "fedbft_signatures_verified_total"
@@ -337,8 +340,10 @@ static void print_signatures(FILE *out, json_t *rec)
 {
     json_t *s = json_object_get(rec, "signatures");
     fprintf(out,
-            "signatures    Ed25519 verify %.1f us (this machine, one thread, %.0f signatures)\n",
-            jnum(s, "verify_us"), jnum(s, "verify_samples"));
+            "signatures    Ed25519 verify %.1f us of a core with %.0f cores verifying (%.1f "
+            "before the load,\n              %.1f after; %.0f signatures)\n",
+            jnum(s, "verify_us"), jnum(s, "verify_threads"), jnum(s, "verify_us_before"),
+            jnum(s, "verify_us_after"), jnum(s, "verify_samples"));
     double vpo = jnum(s, "verifications_per_op"), pmin = jnum(s, "protocol_min_per_op");
     double n = jnum(rec, "config.nodes");
     if (isfinite(vpo))

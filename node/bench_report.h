@@ -39,8 +39,11 @@ typedef struct bench_run {
     const bench_load_result *load;
     /* before the warmup, as the window opened, as it closed */
     const bench_sample *before, *open, *close;
-    double verify_us; /* one Ed25519 verification on this machine */
-    uint32_t verify_samples;
+    /* One Ed25519 verification, in us of one core with every core verifying
+     * (verify_threads threads), timed just before and just after the load;
+     * verify_us, their mean, makes the bound. */
+    double verify_us, verify_us_before, verify_us_after;
+    uint32_t verify_threads, verify_samples;
 } bench_run;
 
 /* The record of one run (a new reference). */

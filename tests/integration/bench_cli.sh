@@ -107,6 +107,8 @@ check "every node has CPU and RSS" json_check "$tmp/run.json" \
     'len(r["nodes"]) == 4 and all(n["cpu_percent"] is not None and n["rss_mib"] > 0 for n in r["nodes"])'
 check "the verification bound is computed" json_check "$tmp/run.json" \
     's["verify_us"] > 0 and s["verifications_per_op"] > 0 and s["bound_ops_s"] > 0 and 0 < s["fraction_of_bound"] and s["protocol_min_per_op"] > 4'
+check "Ed25519 is timed on every core before and after the load; the bound uses the mean" json_check "$tmp/run.json" \
+    's["verify_threads"] == c["cores"] and s["verify_us_before"] > 0 and s["verify_us_after"] > 0 and abs(s["verify_us"] - (s["verify_us_before"] + s["verify_us_after"]) / 2) < 1e-6'
 check "status lines went to stderr, not into the JSON" grep -q "starting 4 replicas" "$tmp/run.err"
 check "nothing left after the run" no_leftovers
 
