@@ -31,7 +31,7 @@ int cmd_client(int argc, char **argv);
 struct cfg_cluster;
 /* `fedbft client infer` (cmd_client_infer.c), argv[0] = "infer". */
 int cmd_client_infer(const struct cfg_cluster *cl, const char *keyfile, uint64_t timeout_ms,
-                     int argc, char **argv);
+                     uint64_t retransmit_ms, int argc, char **argv);
 void cmd_client_usage(FILE *out);
 int cmd_inspect(int argc, char **argv);
 void cmd_inspect_usage(FILE *out);

@@ -38,9 +38,8 @@ struct fb_client {
     fb_client_cb cb;
     void *cb_arg;
     uint64_t view_hint;
-    /* No reply seen yet: this client does not know the view, so its writes go
-     * to every replica (after a view change a new client would otherwise ask
-     * the old primary first and wait a retransmit period for nothing). */
+    /* A reply has told the view (until then, with cfg.first_to_all, writes
+     * go to every replica). */
     bool view_known;
     fb_client_stats stats;
     fb_client_msg_cb msg_cb; /* other messages from replicas (InferResult) */
@@ -130,7 +129,7 @@ static int issue(fb_client *c)
     if (rc)
         return rc;
     clear_votes(c);
-    if (c->read_only || !c->view_known)
+    if (c->read_only || (!c->view_known && c->cfg.first_to_all))
         send_all(c);
     else
         net_send_replica(c->net, pbft_primary(c->view_hint, c->cfg.cluster->n), c->wire,

@@ -40,6 +40,13 @@ typedef struct fb_client_config {
     const fb_identity *id;      /* the client's identity; must be listed in cluster.json */
     uint64_t retransmit_ms;     /* 0 = 1000 */
     uint64_t timeout_ms;        /* give up after; 0 = 30000 */
+    /* Until the first reply tells the view, send writes to every replica
+     * rather than to view 0's primary (which, after a view change, may be
+     * dead: a retransmit period lost).  For one-shot clients (`fedbft client
+     * put`); not for loads that start many clients at once, where every
+     * replica would forward each first request to the primary and start a
+     * view-change timer for it. */
+    bool first_to_all;
 } fb_client_config;
 
 int fb_client_new(const fb_client_config *cfg, fb_client **out, char *err, size_t errlen);

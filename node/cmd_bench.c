@@ -97,7 +97,7 @@ void cmd_bench_usage(FILE *out)
             "  cores / (verifications per op x Ed25519 verify time)\n"
             "where verifications per op is the growth of fedbft_signatures_verified_total\n"
             "summed over the replicas (fedbft_sigcache_misses_total if the nodes lack it)\n"
-            "divided by the ops, and the verify time is the CPU time of one verification\n"
+            "divided by the ops, and the verify time is the time one verification takes\n"
             "with one thread per core verifying at once (at most the online CPUs), timed\n"
             "just before and just after the load; the bound uses their mean.  For\n"
             "reference, the protocol's own count per op: n + n(n-1)/batch if every replica\n"

@@ -47,7 +47,9 @@ void cmd_client_usage(FILE *out)
             "  --cluster FILE   cluster.json (required)\n"
             "  --key KEYFILE    the client's secret key, listed in cluster.json \"clients\"\n"
             "  --keys DIR       for load: directory of client key directories\n"
-            "  --timeout MS     give up on a request after MS milliseconds (default 30000)\n\n"
+            "  --timeout MS     give up on a request after MS milliseconds (default 30000)\n"
+            "  --retransmit MS  re-send an unanswered request to every replica every MS\n"
+            "                   milliseconds (default 1000; raise it on slow links)\n\n"
             "Load options:\n"
             "  --writes N       issue N writes (default 1000, or no limit with --duration)\n"
             "  --duration S     issue writes for S seconds (with --writes: whichever ends\n"
@@ -152,8 +154,8 @@ static int parse_op(int argc, char **argv, Fedbft__Operation *op, bool *read_onl
     return 0;
 }
 
-static int run_one(const cfg_cluster *cl, const char *keyfile, uint64_t timeout_ms, int argc,
-                   char **argv)
+static int run_one(const cfg_cluster *cl, const char *keyfile, uint64_t timeout_ms,
+                   uint64_t retransmit_ms, int argc, char **argv)
 {
     Fedbft__Operation op = FEDBFT__OPERATION__INIT;
     bool read_only;
@@ -170,7 +172,12 @@ static int run_one(const cfg_cluster *cl, const char *keyfile, uint64_t timeout_
     uv_loop_t loop;
     uv_loop_init(&loop);
     fb_client *c = NULL;
-    fb_client_config cc = {.loop = &loop, .cluster = cl, .id = &id, .timeout_ms = timeout_ms};
+    fb_client_config cc = {.loop = &loop,
+                           .cluster = cl,
+                           .id = &id,
+                           .timeout_ms = timeout_ms,
+                           .retransmit_ms = retransmit_ms,
+                           .first_to_all = true};
     one_ctx ctx = {.exit_code = 1};
     int rc = fb_client_new(&cc, &c, err, sizeof err);
     if (rc == 0)
@@ -211,6 +218,7 @@ typedef struct load_opts {
     uint64_t writes;     /* stop issuing after this many; 0 = no limit */
     uint64_t duration_s; /* stop issuing after this long; 0 = no limit */
     uint64_t timeout_ms;
+    uint64_t retransmit_ms; /* 0 = the client's default */
     size_t value_size;
     int conc;
     bool keep_going; /* a failed write is counted, and the load goes on */
@@ -431,8 +439,11 @@ static int run_load(const cfg_cluster *cl, const load_opts *o)
         char path[1024];
         snprintf(path, sizeof path, "%s/client%d/node.key", o->keydir, i);
         rc = fb_key_load(path, &lc->id, err, sizeof err);
-        fb_client_config cc = {
-            .loop = &loop, .cluster = cl, .id = &lc->id, .timeout_ms = o->timeout_ms};
+        fb_client_config cc = {.loop = &loop,
+                               .cluster = cl,
+                               .id = &lc->id,
+                               .timeout_ms = o->timeout_ms,
+                               .retransmit_ms = o->retransmit_ms};
         if (rc == 0)
             rc = fb_client_new(&cc, &lc->c, err, sizeof err);
         if (rc == 0)
@@ -486,7 +497,7 @@ static int run_load(const cfg_cluster *cl, const load_opts *o)
 
 typedef struct client_opts {
     const char *cluster, *key, *keys, *prefix, *acked;
-    uint64_t timeout, writes, duration, conc, vsize;
+    uint64_t timeout, retransmit, writes, duration, conc, vsize;
     bool keep_going;
 } client_opts;
 
@@ -510,16 +521,24 @@ static int parse_count(const char *opt, const char *arg, uint64_t max, uint64_t 
 static int parse_opts(int argc, char **argv, client_opts *o)
 {
     static const struct option opts[] = {
-        {"cluster", required_argument, NULL, 'c'},    {"key", required_argument, NULL, 'k'},
-        {"keys", required_argument, NULL, 'K'},       {"timeout", required_argument, NULL, 't'},
-        {"writes", required_argument, NULL, 'w'},     {"concurrency", required_argument, NULL, 'C'},
-        {"value-size", required_argument, NULL, 'v'}, {"duration", required_argument, NULL, 'd'},
-        {"prefix", required_argument, NULL, 'p'},     {"acked", required_argument, NULL, 'a'},
-        {"keep-going", no_argument, NULL, 'g'},       {NULL, 0, NULL, 0},
+        {"cluster", required_argument, NULL, 'c'},
+        {"key", required_argument, NULL, 'k'},
+        {"keys", required_argument, NULL, 'K'},
+        {"timeout", required_argument, NULL, 't'},
+        {"writes", required_argument, NULL, 'w'},
+        {"concurrency", required_argument, NULL, 'C'},
+        {"value-size", required_argument, NULL, 'v'},
+        {"duration", required_argument, NULL, 'd'},
+        {"prefix", required_argument, NULL, 'p'},
+        {"acked", required_argument, NULL, 'a'},
+        {"keep-going", no_argument, NULL, 'g'},
+        {"retransmit", required_argument, NULL, 'r'},
+        {NULL, 0, NULL, 0},
     };
     int ch, rc = 0;
     /* "+" stops at the first command word, so "cas --absent" reaches parse_op. */
-    while (rc == 0 && (ch = getopt_long(argc, argv, "+c:k:K:t:w:C:v:d:p:a:g", opts, NULL)) != -1) {
+    while (rc == 0 &&
+           (ch = getopt_long(argc, argv, "+c:k:K:t:r:w:C:v:d:p:a:g", opts, NULL)) != -1) {
         switch (ch) {
         case 'c':
             o->cluster = optarg;
@@ -532,6 +551,13 @@ static int parse_opts(int argc, char **argv, client_opts *o)
             break;
         case 't':
             rc = parse_count("--timeout", optarg, 86400000, &o->timeout);
+            break;
+        case 'r':
+            rc = parse_count("--retransmit", optarg, 3600000, &o->retransmit);
+            if (rc == 0 && o->retransmit < 10) {
+                fprintf(stderr, "fedbft client: --retransmit must be at least 10 ms\n");
+                rc = 2;
+            }
             break;
         case 'w':
             rc = parse_count("--writes", optarg, UINT64_MAX, &o->writes);
@@ -607,6 +633,7 @@ int cmd_client(int argc, char **argv)
                             .writes = o.writes || o.duration ? o.writes : 1000,
                             .duration_s = o.duration,
                             .timeout_ms = o.timeout,
+                            .retransmit_ms = o.retransmit,
                             .value_size = (size_t)o.vsize,
                             .conc = (int)o.conc,
                             .keep_going = o.keep_going};
@@ -616,9 +643,9 @@ int cmd_client(int argc, char **argv)
         fprintf(stderr, "fedbft client: --key KEYFILE is required\n");
         rc = 2;
     } else if (strcmp(argv[optind], "infer") == 0) {
-        rc = cmd_client_infer(&cl, o.key, o.timeout, argc - optind, argv + optind);
+        rc = cmd_client_infer(&cl, o.key, o.timeout, o.retransmit, argc - optind, argv + optind);
     } else {
-        rc = run_one(&cl, o.key, o.timeout, argc - optind, argv + optind);
+        rc = run_one(&cl, o.key, o.timeout, o.retransmit, argc - optind, argv + optind);
     }
     cfg_cluster_free(&cl);
     return rc;

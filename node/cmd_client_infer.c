@@ -210,8 +210,8 @@ static int parse_params(int argc, char **argv, Fedbft__InferParams *p)
     return 0;
 }
 
-int cmd_client_infer(const cfg_cluster *cl, const char *keyfile, uint64_t timeout_ms, int argc,
-                     char **argv)
+int cmd_client_infer(const cfg_cluster *cl, const char *keyfile, uint64_t timeout_ms,
+                     uint64_t retransmit_ms, int argc, char **argv)
 {
     Fedbft__InferParams params = FEDBFT__INFER_PARAMS__INIT;
     if (parse_params(argc, argv, &params) != 0)
@@ -228,7 +228,12 @@ int cmd_client_infer(const cfg_cluster *cl, const char *keyfile, uint64_t timeou
     uv_loop_t loop;
     uv_loop_init(&loop);
     infer_ctx x = {.cl = cl, .exit_code = 1, .votes = calloc(cl->n, sizeof(infer_vote))};
-    fb_client_config cc = {.loop = &loop, .cluster = cl, .id = &id, .timeout_ms = timeout_ms};
+    fb_client_config cc = {.loop = &loop,
+                           .cluster = cl,
+                           .id = &id,
+                           .timeout_ms = timeout_ms,
+                           .retransmit_ms = retransmit_ms,
+                           .first_to_all = true};
     uv_timer_t timer;
     uv_timer_init(&loop, &timer);
     timer.data = &x;
