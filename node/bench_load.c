@@ -15,6 +15,8 @@
 #include <uv.h>
 
 #define TICK_MS 100 /* interrupt check and progress clock */
+#define CONNECT_POLL_MS 10
+#define CONNECT_WAIT_S 10 /* for every client's links before the warm-up */
 
 typedef enum phase { PH_WARMUP, PH_MEASURE, PH_DRAIN, PH_CLOSING } phase;
 
@@ -45,7 +47,7 @@ typedef struct bload {
     bool work_busy;
     int snaps_queued, snaps_started;
     int snap_which[2];
-    uint64_t t_start, t_measure;
+    uint64_t t_connect, t_start, t_measure;
     uint8_t *value;
     uint64_t rng;
     double next_arrival; /* mono us */
@@ -401,6 +403,31 @@ static int make_clients(bload *ld, char *err, size_t errlen)
     return 0;
 }
 
+static void start_load(bload *ld);
+
+/* Before the warm-up: every client's links to every replica authenticated
+ * (or CONNECT_WAIT_S passed).  Hundreds of clients handshaking at once keep
+ * the replicas busy for a while; requests sent meanwhile would wait behind
+ * the handshakes, some past the clients' 1 s retransmit, and a request
+ * re-sent to every replica starts the backups' view-change timers. */
+static void await_links(uv_timer_t *t)
+{
+    bload *ld = t->data;
+    uint32_t ready = 0;
+    for (uint32_t i = 0; i < ld->n; i++)
+        ready += fb_client_links_up(ld->cl[i].c) == ld->cfg->cluster->n;
+    bool late = mono_us() - ld->t_connect > (uint64_t)CONNECT_WAIT_S * 1000000;
+    bool stop = ld->cfg->interrupted && ld->cfg->interrupted();
+    if (ready < ld->n && !late && !stop)
+        return;
+    uv_timer_stop(t);
+    if (ready < ld->n && !stop)
+        fprintf(stderr,
+                "%s: %u of %u clients have no link to every replica after %d s; starting anyway\n",
+                ld->cfg->label, ld->n - ready, ld->n, CONNECT_WAIT_S);
+    start_load(ld);
+}
+
 static void start_load(bload *ld)
 {
     ld->t_start = ld->last_t = mono_us();
@@ -447,10 +474,12 @@ int bench_load_run(const bench_load_config *cfg, bench_load_result *out, char *e
         uv_timer_init(&ld->loop, &ld->arrive_t);
         ld->phase_t.data = ld->tick_t.data = ld->arrive_t.data = ld;
         rc = make_clients(ld, err, errlen);
-        if (rc == 0)
-            start_load(ld);
-        else
+        if (rc == 0) {
+            ld->t_connect = mono_us();
+            uv_timer_start(&ld->phase_t, await_links, CONNECT_POLL_MS, CONNECT_POLL_MS);
+        } else {
             close_all(ld);
+        }
         uv_run(&ld->loop, UV_RUN_DEFAULT);
         uv_loop_close(&ld->loop);
     }

@@ -300,6 +300,17 @@ uint64_t fb_client_last_timestamp(const fb_client *c)
     return c->last_ts;
 }
 
+uint32_t fb_client_links_up(const fb_client *c)
+{
+    uint32_t up = 0;
+    for (uint32_t i = 0; i < c->cfg.cluster->n; i++) {
+        net_link_stats st;
+        net_replica_stats(c->net, i, &st);
+        up += st.connected;
+    }
+    return up;
+}
+
 uint32_t fb_client_id(const fb_client *c)
 {
     return c->client_id;

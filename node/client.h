@@ -69,6 +69,9 @@ uint64_t fb_client_last_timestamp(const fb_client *c);
 /* The client id cluster.json gives this identity. */
 uint32_t fb_client_id(const fb_client *c);
 
+/* Replicas this client has an authenticated link to now. */
+uint32_t fb_client_links_up(const fb_client *c);
+
 typedef struct fb_client_stats {
     uint64_t submitted, completed, retransmits, fallbacks, timeouts;
 } fb_client_stats;
