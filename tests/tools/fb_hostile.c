@@ -669,14 +669,15 @@ static int sc_forged(hostile *h)
         pbft_msg_unref(req);
     linger(h, h->linger_ms);
     unsigned bad_sigs = h->has_client ? 4 : 3;
-    report("forged", rc,
-           "%u envelopes as replica %u at view %" PRIu64 " seq %" PRIu64
-           ": PREPARE signed by an unknown key, PREPARE and CHECKPOINT with a flipped "
-           "signature bit%s, PREPARE and COMMIT claiming another replica's id | expect signature=%u "
-           "cheap_check=2",
-           (unsigned)h->sent, (unsigned)h->k, v, s,
-           h->has_client ? ", PRE-PREPARE relaying a request with a flipped client signature" : "",
-           bad_sigs);
+    report(
+        "forged", rc,
+        "%u envelopes as replica %u at view %" PRIu64 " seq %" PRIu64
+        ": PREPARE signed by an unknown key, PREPARE and CHECKPOINT with a flipped "
+        "signature bit%s, PREPARE and COMMIT claiming another replica's id | expect signature=%u "
+        "cheap_check=2",
+        (unsigned)h->sent, (unsigned)h->k, v, s,
+        h->has_client ? ", PRE-PREPARE relaying a request with a flipped client signature" : "",
+        bad_sigs);
     return rc;
 }
 
