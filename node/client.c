@@ -212,6 +212,18 @@ static void on_reply_frame(void *arg, uint32_t id, const uint8_t *frame, size_t 
     fedbft__envelope__free_unpacked(env, NULL);
 }
 
+fb_client_config fb_client_one_shot(uv_loop_t *loop, const cfg_cluster *cluster,
+                                    const fb_identity *id, uint64_t timeout_ms,
+                                    uint64_t retransmit_ms)
+{
+    return (fb_client_config){.loop = loop,
+                              .cluster = cluster,
+                              .id = id,
+                              .timeout_ms = timeout_ms,
+                              .retransmit_ms = retransmit_ms,
+                              .first_to_all = true};
+}
+
 int fb_client_new(const fb_client_config *cfg, fb_client **out, char *err, size_t errlen)
 {
     const cfg_client *me = NULL;
@@ -303,11 +315,8 @@ uint64_t fb_client_last_timestamp(const fb_client *c)
 uint32_t fb_client_links_up(const fb_client *c)
 {
     uint32_t up = 0;
-    for (uint32_t i = 0; i < c->cfg.cluster->n; i++) {
-        net_link_stats st;
-        net_replica_stats(c->net, i, &st);
-        up += st.connected;
-    }
+    for (uint32_t i = 0; i < c->cfg.cluster->n; i++)
+        up += net_replica_connected(c->net, i);
     return up;
 }
 

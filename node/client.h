@@ -49,6 +49,12 @@ typedef struct fb_client_config {
     bool first_to_all;
 } fb_client_config;
 
+/* The configuration of a one-shot client (`fedbft client put|get|del|cas|infer`):
+ * first_to_all set; retransmit_ms 0 = the default. */
+fb_client_config fb_client_one_shot(uv_loop_t *loop, const cfg_cluster *cluster,
+                                    const fb_identity *id, uint64_t timeout_ms,
+                                    uint64_t retransmit_ms);
+
 int fb_client_new(const fb_client_config *cfg, fb_client **out, char *err, size_t errlen);
 
 /* Start dialling the replicas. */

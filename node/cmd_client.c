@@ -172,12 +172,7 @@ static int run_one(const cfg_cluster *cl, const char *keyfile, uint64_t timeout_
     uv_loop_t loop;
     uv_loop_init(&loop);
     fb_client *c = NULL;
-    fb_client_config cc = {.loop = &loop,
-                           .cluster = cl,
-                           .id = &id,
-                           .timeout_ms = timeout_ms,
-                           .retransmit_ms = retransmit_ms,
-                           .first_to_all = true};
+    fb_client_config cc = fb_client_one_shot(&loop, cl, &id, timeout_ms, retransmit_ms);
     one_ctx ctx = {.exit_code = 1};
     int rc = fb_client_new(&cc, &c, err, sizeof err);
     if (rc == 0)

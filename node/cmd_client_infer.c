@@ -228,12 +228,7 @@ int cmd_client_infer(const cfg_cluster *cl, const char *keyfile, uint64_t timeou
     uv_loop_t loop;
     uv_loop_init(&loop);
     infer_ctx x = {.cl = cl, .exit_code = 1, .votes = calloc(cl->n, sizeof(infer_vote))};
-    fb_client_config cc = {.loop = &loop,
-                           .cluster = cl,
-                           .id = &id,
-                           .timeout_ms = timeout_ms,
-                           .retransmit_ms = retransmit_ms,
-                           .first_to_all = true};
+    fb_client_config cc = fb_client_one_shot(&loop, cl, &id, timeout_ms, retransmit_ms);
     uv_timer_t timer;
     uv_timer_init(&loop, &timer);
     timer.data = &x;

@@ -1466,6 +1466,14 @@ void net_free(net *n)
     free(n);
 }
 
+bool net_replica_connected(const net *n, uint32_t id)
+{
+    if (!n || id >= n->cluster->n)
+        return false;
+    const net_link *l = &n->links[id];
+    return l->c && l->c->established && !l->c->closing;
+}
+
 void net_replica_stats(net *n, uint32_t id, net_link_stats *out)
 {
     memset(out, 0, sizeof *out);
@@ -1473,7 +1481,7 @@ void net_replica_stats(net *n, uint32_t id, net_link_stats *out)
         return;
     const net_link *l = &n->links[id];
     *out = l->st;
-    out->connected = l->c && l->c->established && !l->c->closing;
+    out->connected = net_replica_connected(n, id);
     out->queued_bytes = link_queued(l);
     /* The kernel already measures the round-trip time of every TCP connection;
      * reading it costs one syscall and no protocol traffic. */

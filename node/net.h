@@ -104,8 +104,13 @@ typedef struct net_link_stats {
     uint64_t fault_dropped_in, fault_dropped_out, fault_delayed, fault_delay_dropped;
 } net_link_stats;
 
-/* Per replica: the dialled link's counters, plus the inbound links from it. */
+/* Per replica: the dialled link's counters, plus the inbound links from it.
+ * Costs a getsockopt (TCP_INFO) per connected link. */
 void net_replica_stats(net *n, uint32_t id, net_link_stats *out);
+
+/* Whether the dialled link to replica id has completed its handshake (no
+ * syscall: for polling). */
+bool net_replica_connected(const net *n, uint32_t id);
 
 typedef struct net_stats {
     uint64_t handshakes_ok, handshakes_failed, unknown_keys, garbage, oversized;
