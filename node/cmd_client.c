@@ -3,6 +3,7 @@
 
 #include "client.h"
 #include "config.h"
+#include "pbft.h"
 #include "fb_error.h"
 
 #include "bench_hist.h"
@@ -42,7 +43,10 @@ void cmd_client_usage(FILE *out)
             "                            DIR/client0/node.key ... as 'cluster init' makes\n"
             "                            them), each with one write outstanding: puts\n"
             "                            PREFIX-0, PREFIX-1, ... in the order issued; write\n"
-            "                            n's value is n padded with 'v' to B bytes\n\n"
+            "                            n's value is n padded with 'v' to B bytes; the\n"
+            "                            first writes wait until every client has a link\n"
+            "                            to every replica (to a quorum of them after 1 s;\n"
+            "                            at most 10 s), and the clock starts then\n\n"
             "Options:\n"
             "  --cluster FILE   cluster.json (required)\n"
             "  --key KEYFILE    the client's secret key, listed in cluster.json \"clients\"\n"
@@ -205,6 +209,12 @@ static int run_one(const cfg_cluster *cl, const char *keyfile, uint64_t timeout_
 
 #define LOAD_MAX_PREFIX 200
 #define LOAD_MAX_VALUE 4096
+/* Before the first write, every client waits for authenticated links: to a
+ * quorum at least, and to every replica for up to LINKS_ALL_MS (a replica
+ * that is down must not hold the load up longer); LINKS_MAX_MS in all. */
+#define LINKS_POLL_MS 10
+#define LINKS_ALL_MS 1000
+#define LINKS_MAX_MS 10000
 
 typedef struct load_opts {
     const char *keydir;
@@ -230,8 +240,11 @@ typedef struct load_client {
 typedef struct load {
     const load_opts *o;
     uv_loop_t *loop;
-    uv_timer_t deadline;
+    uv_timer_t deadline, links;
     uv_signal_t sigint, sigterm;
+    const cfg_cluster *cl;
+    uint64_t t0;  /* the load's start: after the wait for links */
+    bool started; /* the first writes went out */
     FILE *acked;
     uint64_t issued, ok, failed, timeouts;
     uint64_t last_ack_us, max_gap_us; /* the longest time without an acknowledgement */
@@ -334,12 +347,53 @@ static void load_next(load_client *lc)
 static void load_stop_now(load *ld)
 {
     ld->stop = true;
+    if (!ld->started) { /* stopped while waiting for links: nothing in flight */
+        uv_timer_stop(&ld->links);
+        ld->t0 = mono_us();
+        uv_stop(ld->loop);
+        return;
+    }
     load_maybe_finish(ld);
 }
 
 static void on_load_deadline(uv_timer_t *t)
 {
     load_stop_now(t->data);
+}
+
+/* The first writes go out once the clients' links are up (see LINKS_ALL_MS):
+ * hundreds of clients handshaking at once would otherwise hold their first
+ * requests back by the better part of a second, which is the load's latency
+ * and, past the retransmit interval, a view change. */
+static void load_start(load *ld)
+{
+    ld->started = true;
+    ld->t0 = ld->last_ack_us = mono_us();
+    if (ld->o->duration_s)
+        uv_timer_start(&ld->deadline, on_load_deadline, ld->o->duration_s * 1000, 0);
+    for (int i = 0; i < ld->o->conc; i++)
+        load_next(&ld->clients[i]);
+}
+
+static void on_links_poll(uv_timer_t *t)
+{
+    load *ld = t->data;
+    uint32_t n = ld->cl->n, quorum = pbft_quorum(n), least = n;
+    for (int i = 0; i < ld->o->conc; i++) {
+        uint32_t up = fb_client_links_up(ld->clients[i].c);
+        least = up < least ? up : least;
+    }
+    uint64_t waited_ms = (mono_us() - ld->t0) / 1000;
+    bool enough = least == n || (least >= quorum && waited_ms >= LINKS_ALL_MS);
+    if (!enough && waited_ms < LINKS_MAX_MS)
+        return;
+    uv_timer_stop(t);
+    if (least < quorum)
+        fprintf(stderr,
+                "fedbft client load: a client has links to %u of %u replicas after %d s; "
+                "starting anyway\n",
+                least, n, LINKS_MAX_MS / 1000);
+    load_start(ld);
 }
 
 static void on_load_signal(uv_signal_t *s, int signum)
@@ -445,28 +499,27 @@ static int run_load(const cfg_cluster *cl, const load_opts *o)
             rc = fb_client_start(lc->c, err, sizeof err);
     }
     uv_timer_init(&loop, &ld->deadline);
+    uv_timer_init(&loop, &ld->links);
     uv_signal_init(&loop, &ld->sigint);
     uv_signal_init(&loop, &ld->sigterm);
-    ld->deadline.data = ld->sigint.data = ld->sigterm.data = ld;
-    uint64_t t0 = mono_us();
-    ld->last_ack_us = t0;
+    ld->deadline.data = ld->links.data = ld->sigint.data = ld->sigterm.data = ld;
+    ld->cl = cl;
+    ld->t0 = ld->last_ack_us = mono_us();
     if (rc == 0) {
-        if (o->duration_s)
-            uv_timer_start(&ld->deadline, on_load_deadline, o->duration_s * 1000, 0);
         uv_signal_start(&ld->sigint, on_load_signal, SIGINT);
         uv_signal_start(&ld->sigterm, on_load_signal, SIGTERM);
-        for (int i = 0; i < o->conc; i++)
-            load_next(&clients[i]);
+        uv_timer_start(&ld->links, on_links_poll, 0, LINKS_POLL_MS);
         uv_run(&loop, UV_RUN_DEFAULT);
     } else {
         fprintf(stderr, "fedbft client load: %s\n", err[0] ? err : fb_strerror(rc));
     }
-    double secs = (double)(mono_us() - t0) / 1e6;
+    double secs = (double)(mono_us() - ld->t0) / 1e6;
     if (rc == 0)
         load_print_totals(ld, secs);
 
-    ld->closing = 3;
+    ld->closing = 4;
     uv_close((uv_handle_t *)&ld->deadline, count_handle_closed);
+    uv_close((uv_handle_t *)&ld->links, count_handle_closed);
     uv_close((uv_handle_t *)&ld->sigint, count_handle_closed);
     uv_close((uv_handle_t *)&ld->sigterm, count_handle_closed);
     for (int i = 0; i < o->conc; i++)
