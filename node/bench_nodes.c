@@ -11,17 +11,23 @@
 #include <ftw.h>
 #include <jansson.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #define ADMIN_TIMEOUT_MS 2000 /* one `metrics` call; a healthy node answers in ~1 ms */
 #define LOG_COPY_MAX 16384    /* how much of a failed subcommand's output to show */
+#define STOP_WAIT_MS 10000    /* nodes stopped by signal: SIGKILL after this long */
+
+static pid_t node_pid(const bench_nodes *nd, uint32_t i);
+static uint64_t mono_us(void);
 
 /* ------------------------------------------------------------ signals */
 
@@ -244,6 +250,52 @@ int bench_nodes_local_up(const char *dir, const bench_local_opts *o, bench_nodes
     return 0;
 }
 
+/* `cluster down` failed (say, this binary was rebuilt or removed during the
+ * run, so it cannot be run again): stop the nodes ourselves, SIGTERM and then,
+ * after STOP_WAIT_MS, SIGKILL, so that no replica outlives the bench.  Each
+ * exit is awaited on a pidfd (the nodes are not our children). */
+static void stop_nodes_directly(const bench_nodes *nd)
+{
+    struct pollfd pfd[BENCH_MAX_NODES];
+    uint32_t np = 0;
+    for (uint32_t i = 0; i < nd->n && np < BENCH_MAX_NODES; i++) {
+        pid_t pid = node_pid(nd, i);
+        int fd = pid ? (int)syscall(SYS_pidfd_open, pid, 0) : -1;
+        if (fd < 0)
+            continue;
+        if (syscall(SYS_pidfd_send_signal, fd, SIGTERM, NULL, 0) != 0) {
+            close(fd);
+            continue;
+        }
+        pfd[np++] = (struct pollfd){.fd = fd, .events = POLLIN};
+    }
+    uint64_t deadline = mono_us() + (uint64_t)STOP_WAIT_MS * 1000;
+    uint32_t left = np;
+    while (left > 0) {
+        uint64_t now = mono_us();
+        if (now >= deadline)
+            break;
+        int r = poll(pfd, np, (int)((deadline - now) / 1000) + 1);
+        if (r < 0 && errno != EINTR)
+            break;
+        left = 0;
+        for (uint32_t k = 0; k < np; k++) {
+            if (pfd[k].fd >= 0 && (pfd[k].revents & POLLIN)) {
+                close(pfd[k].fd);
+                pfd[k].fd = -1; /* poll ignores it from now on */
+            }
+            left += pfd[k].fd >= 0;
+        }
+    }
+    for (uint32_t k = 0; k < np; k++)
+        if (pfd[k].fd >= 0) {
+            syscall(SYS_pidfd_send_signal, pfd[k].fd, SIGKILL, NULL, 0);
+            close(pfd[k].fd);
+        }
+    fprintf(stderr, "fedbft bench: stopped %u replica(s) of %s by signal%s\n", np, nd->dir,
+            left ? " (some after SIGKILL)" : "");
+}
+
 void bench_nodes_local_down(bench_nodes *nd)
 {
     if (!nd->local || !nd->started)
@@ -257,6 +309,7 @@ void bench_nodes_local_down(bench_nodes *nd)
         fprintf(stderr, "fedbft bench: 'fedbft cluster down --dir %s' failed (exit %d):\n", nd->dir,
                 rc);
         show_log(log, from);
+        stop_nodes_directly(nd);
     }
     nd->started = false;
 }

@@ -4,7 +4,8 @@
 # errors, per-node figures and the verification bound present), --compare
 # against doctored baselines (exit 1 when throughput fell or p99 rose beyond
 # the threshold, 0 otherwise), --ablation (every row), --keep, an interrupted
-# run, and nothing left behind: no node processes, no temporary directories.
+# run, a run whose binary is removed midway (the replicas are stopped by
+# signal), and nothing left behind: no node processes, no temporary directories.
 # No assertion depends on how fast anything runs.
 #   bench_cli.sh PATH_TO_FEDBFT
 set -u
@@ -182,6 +183,21 @@ wait $pid
 check "SIGINT: exit 130" test $? -eq 130
 check "SIGINT: says so" grep -q "interrupted by signal 2" "$tmp/int.err"
 wait_for "SIGINT: no node process or directory left" 30 no_leftovers
+
+# ---- its binary removed during the run: `cluster down` cannot run, so the
+# bench stops the replicas by signal; nothing is left behind either
+mkdir -p "$tmp/bin" && cp "$FEDBFT" "$tmp/bin/fedbft"
+"$tmp/bin/fedbft" bench --base-port "$base" --local 4 --duration 7 --warmup 0.5 \
+    > "$tmp/gone.out" 2> "$tmp/gone.err" &
+pid=$!
+measuring() { grep -q "measure committed" "$tmp/gone.err" 2>/dev/null; } # every 5 s
+wait_for "the run whose binary goes away is measuring" 60 measuring
+rm -f "$tmp/bin/fedbft"
+wait $pid
+check "binary gone: the run still reports and exits 0" test $? -eq 0
+check "... cluster down failed, and the bench says it stopped the replicas itself" \
+    grep -q "stopped 4 replica(s) of .* by signal" "$tmp/gone.err"
+wait_for "binary gone: no node process or directory left" 30 no_leftovers
 
 echo "$fails failure(s)"
 [ "$fails" -eq 0 ]
