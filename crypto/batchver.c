@@ -8,6 +8,7 @@
  */
 #include "batchver.h"
 
+#include "fb_cpus.h"
 #include "fb_error.h"
 #include "sig.h"
 
@@ -100,8 +101,7 @@ static void *worker_main(void *p)
 
 static unsigned default_threads(void)
 {
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n < 1 ? 1u : (unsigned)n;
+    return fb_usable_cpus(); /* a container's CPU limit, not the host's cores */
 }
 
 int fb_batchver_new(const fb_batchver_config *cfg, fb_batchver **out)

@@ -8,6 +8,7 @@
 #include "bench_nodes.h"
 #include "bench_report.h"
 #include "config.h"
+#include "fb_cpus.h"
 #include "fb_error.h"
 
 #include <errno.h>
@@ -89,7 +90,8 @@ void cmd_bench_usage(FILE *out)
             "                         change; exit 1 if throughput fell or p99 latency rose by\n"
             "                         more than the threshold\n"
             "  --threshold PCT        for --compare (default 10)\n"
-            "  --cores N              cores in the bound (default: online CPUs here)\n\n"
+            "  --cores N              cores in the bound (default: the CPUs this process may\n"
+            "                         use: online, affinity mask, cgroup CPU limit)\n\n"
             "Figures cover the measured window: the operations completed in it, latency from\n"
             "submit to the agreed reply (log-bucketed, within 0.4%%), errors, timeouts, missed\n"
             "arrivals; view changes over the run (fedbft_view_changes_total, fedbft_view); each\n"
@@ -98,7 +100,7 @@ void cmd_bench_usage(FILE *out)
             "where verifications per op is the growth of fedbft_signatures_verified_total\n"
             "summed over the replicas (fedbft_sigcache_misses_total if the nodes lack it)\n"
             "divided by the ops, and the verify time is the time one verification takes\n"
-            "with one thread per core verifying at once (at most the online CPUs), timed\n"
+            "with one thread per core verifying at once (at most the usable CPUs), timed\n"
             "just before and just after the load; the bound uses their mean.  For\n"
             "reference, the protocol's own count per op: n + n(n-1)/batch if every replica\n"
             "checks every vote (a COMMIT carries no signature), less at the minimum\n"
@@ -400,12 +402,11 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
         {"rounds", required_argument, NULL, O_ROUNDS},
         {NULL, 0, NULL, 0},
     };
-    long online = sysconf(_SC_NPROCESSORS_ONLN);
     *o = (bench_opts){.rounds = 1,
                       .base_port = 7400,
                       .clients = 8,
                       .payload = 64,
-                      .cores = online > 0 ? (uint32_t)online : 1,
+                      .cores = fb_usable_cpus(),
                       .durability = "os",
                       .warmup = 2,
                       .duration = 10,
@@ -495,14 +496,14 @@ static void *verify_rounds(void *arg)
 /* One Ed25519 verification on this machine, in microseconds of one core,
  * with every core verifying at once (the bound's premise: the cores do
  * nothing but verify; two hyperthreads of one core verify slower together
- * than one alone).  `cores` threads (this one included; at most the online
- * CPUs) each verify VERIFY_ROUNDS rounds of the set; each thread's median
+ * than one alone).  `cores` threads (this one included; at most the CPUs
+ * this process may use) each verify VERIFY_ROUNDS rounds of the set; each thread's median
  * round, averaged. */
 static uint32_t verify_threads(uint32_t cores)
 {
-    long online = sysconf(_SC_NPROCESSORS_ONLN);
-    if (online > 0 && cores > (uint32_t)online) /* --cores beyond this machine */
-        cores = (uint32_t)online;
+    uint32_t usable = fb_usable_cpus();
+    if (cores > usable) /* --cores beyond what this process may use */
+        cores = usable;
     return cores < 1 ? 1 : cores > 256 ? 256 : cores;
 }
 

@@ -18,7 +18,7 @@
  *     "batch_max_requests": 64, "batch_max_bytes": 262144, "batch_max_delay_ms": 2,
  *     "checkpoint_interval": 16, "log_window": 64,
  *     "request_timeout_ms": 2000, "view_change_timeout_ms": 2000,
- *     "worker_threads": 0,              0 = one per core
+ *     "worker_threads": 0,              0 = one per usable CPU (cgroup limit, affinity)
  *     "durability": "fsync" | "os",
  *     "max_frame": 4194304, "send_queue_bytes": 16777216,
  *     "log_level": "info",
