@@ -2,6 +2,7 @@
 #include "fb_cpus.h"
 
 #include <sched.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,49 +37,75 @@ static void read_line(const char *path, char *buf, size_t len)
     fclose(f);
 }
 
-/* The smallest cgroup v2 CPU quota on this process's cgroup and its
- * ancestors, in CPUs; 0 for none (or cgroup v1, or no /proc). */
-static unsigned cgroup_v2_cpus(void)
+/* This process's cgroup path in /proc/self/cgroup: the cgroup v2 line
+ * ("0::PATH") when v1 is false, else the v1 line whose controllers include
+ * "cpu" ("N:cpu,cpuacct:PATH").  False if there is none. */
+static bool own_cgroup(bool v1, char *out, size_t len)
 {
-    char line[4096], path[4096 + sizeof CGROUP_ROOT + 16], cpu_max[128];
+    char line[4096];
     FILE *f = fopen("/proc/self/cgroup", "re");
     if (!f)
-        return 0;
-    char *dir = NULL;
-    while (fgets(line, sizeof line, f))
-        if (strncmp(line, "0::", 3) == 0) {
-            line[strcspn(line, "\n")] = '\0';
-            dir = line + 3; /* "/" inside a container's cgroup namespace */
-            break;
+        return false;
+    bool found = false;
+    while (!found && fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = '\0';
+        char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+        if (!c2 || c2[1] != '/')
+            continue;
+        *c2 = '\0';
+        if (!v1) {
+            found = strcmp(line, "0") == 0 && c1[1] == '\0';
+        } else {
+            for (char *tok = strtok(c1 + 1, ","); tok && !found; tok = strtok(NULL, ","))
+                found = strcmp(tok, "cpu") == 0;
         }
+        if (found)
+            snprintf(out, len, "%s", c2 + 1);
+    }
     fclose(f);
-    if (!dir || dir[0] != '/')
+    return found;
+}
+
+/* The CPUs one cgroup directory's quota allows; 0 for none. */
+static unsigned dir_quota(bool v1, const char *dir)
+{
+    char path[4200], a[128], b[64];
+    if (!v1) {
+        snprintf(path, sizeof path, CGROUP_ROOT "%s/cpu.max", dir);
+        read_line(path, a, sizeof a);
+        return fb_cpus_from_cpu_max(a);
+    }
+    snprintf(path, sizeof path, CGROUP_ROOT "/cpu%s/cpu.cfs_quota_us", dir);
+    read_line(path, a, sizeof a);
+    snprintf(path, sizeof path, CGROUP_ROOT "/cpu%s/cpu.cfs_period_us", dir);
+    read_line(path, b, sizeof b);
+    long long quota = atoll(a), period = atoll(b); /* quota -1: no limit */
+    if (quota <= 0 || period <= 0)
+        return 0;
+    long long cpus = (quota + period - 1) / period;
+    return cpus > 65536 ? 65536u : (unsigned)cpus;
+}
+
+/* The smallest CPU quota on this process's cgroup and its ancestors (a
+ * container sees its own cgroup as "/"), in CPUs; 0 for none. */
+static unsigned cgroup_cpus(bool v1)
+{
+    char dir[4096];
+    if (!own_cgroup(v1, dir, sizeof dir))
         return 0;
     unsigned best = 0;
     for (;;) {
-        snprintf(path, sizeof path, CGROUP_ROOT "%s/cpu.max", strcmp(dir, "/") ? dir : "");
-        read_line(path, cpu_max, sizeof cpu_max);
-        unsigned c = fb_cpus_from_cpu_max(cpu_max);
+        if (strcmp(dir, "/") == 0)
+            dir[0] = '\0'; /* the root: CGROUP_ROOT itself */
+        unsigned c = dir_quota(v1, dir);
         if (c && (!best || c < best))
             best = c;
         char *slash = strrchr(dir, '/');
-        if (!slash || slash == dir)
+        if (!slash)
             break;
         *slash = '\0';
     }
     return best;
-}
-
-/* cgroup v1: the cpu controller's CFS quota as a container sees it. */
-static unsigned cgroup_v1_cpus(void)
-{
-    char q[64], p[64];
-    read_line(CGROUP_ROOT "/cpu/cpu.cfs_quota_us", q, sizeof q);
-    read_line(CGROUP_ROOT "/cpu/cpu.cfs_period_us", p, sizeof p);
-    long long quota = atoll(q), period = atoll(p);
-    if (quota <= 0 || period <= 0)
-        return 0;
-    return (unsigned)((quota + period - 1) / period);
 }
 
 unsigned fb_usable_cpus(void)
@@ -91,9 +118,9 @@ unsigned fb_usable_cpus(void)
         if (a > 0 && (unsigned)a < n)
             n = (unsigned)a;
     }
-    unsigned quota = cgroup_v2_cpus();
+    unsigned quota = cgroup_cpus(false);
     if (!quota)
-        quota = cgroup_v1_cpus();
+        quota = cgroup_cpus(true);
     if (quota && quota < n)
         n = quota;
     return n ? n : 1;
