@@ -1104,6 +1104,24 @@ static pbft_reject vote_conflict(pbft_msg **held, const pbft_msg *m)
     return digest_eq(hd, d) ? PBFT_REJ_DUPLICATE : PBFT_REJ_EQUIVOCATION;
 }
 
+bool pbft_vote_unneeded(const pbft_replica *r, const pbft_msg *m)
+{
+    bool prepare = m->type == FEDBFT__MSG_TYPE__MSG_PREPARE;
+    if ((!prepare && m->type != FEDBFT__MSG_TYPE__MSG_COMMIT) || m->sender >= r->n ||
+        r->view_changing)
+        return false;
+    uint64_t view = prepare ? m->u.prepare->view : m->u.commit->view;
+    uint64_t seq = prepare ? m->u.prepare->seq : m->u.commit->seq;
+    if (view != r->view || !in_window(r, seq) || (prepare && m->sender == primary_of(r, view)))
+        return false; /* stale, outside the window, or invalid: the step refuses it */
+    const slot *s = &r->slots[seq % r->cfg.log_window];
+    if (s->seq != seq || !s->pp || s->pp_view != view || late_vote(r, s))
+        return false;
+    if (prepare ? s->prepares[m->sender] != NULL : s->commits[m->sender] != NULL)
+        return false; /* a duplicate (or an equivocation): the step decides */
+    return prepare ? s->prepared : s->committed;
+}
+
 static void on_prepare(pbft_replica *r, pbft_msg *m)
 {
     const Fedbft__Prepare *p = m->u.prepare;

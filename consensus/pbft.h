@@ -325,4 +325,14 @@ typedef struct pbft_progress {
 
 void pbft_get_progress(const pbft_replica *r, pbft_progress *out);
 
+/* Would stepping m (a PREPARE or COMMIT whose signature, if any, is not yet
+ * checked) change nothing?  True for the first vote of its sender in a slot
+ * that already has its quorum for that vote in m's view (prepared, for a
+ * PREPARE; committed, for a COMMIT), unless the vote comes a retransmit
+ * interval after the slot committed (a replica catching up, whom the step
+ * would help).  The node skips such votes before verifying them: the tail
+ * of a quorum costs no signature check.  A duplicate or an equivocating
+ * vote is never unneeded: the step must see it. */
+bool pbft_vote_unneeded(const pbft_replica *r, const pbft_msg *m);
+
 #endif

@@ -151,10 +151,10 @@ struct fb_node {
         fb_metric *requests, *latency, *phase[OPS_NPHASES], *batch_size, *verify_batch,
             *store_commit, *digests[3], *sig_hits, *sig_misses, *sig_verified, *rejected[4],
             *dropped[3], *refused[PBFT_REJ_COUNT], *view_changes, *transfers[3], *chunks_in,
-            *chunks_out;
+            *chunks_out, *votes_skipped;
         uint64_t last_digests[3], last_hits, last_misses, last_verified, last_rejected[4],
             last_dropped[3], last_refused[PBFT_REJ_COUNT], last_view_changes, last_transfers[3],
-            last_chunks_in, last_chunks_out;
+            last_chunks_in, last_chunks_out, last_votes_skipped;
     } m;
     pbft_msg **recent_pp; /* [log_window] newest PRE-PREPARE per seq, for ops */
 
@@ -186,7 +186,8 @@ struct fb_node {
     /* Dropped by the cheap checks for a reason the replica would also give
      * (counted with the replica's own under that reason). */
     uint64_t dropped_early[PBFT_REJ_COUNT];
-    uint64_t *nv_told_at; /* [n] ms we last sent that replica our NEW-VIEW */
+    uint64_t votes_skipped; /* votes after their quorum: never verified (pbft_vote_unneeded) */
+    uint64_t *nv_told_at;   /* [n] ms we last sent that replica our NEW-VIEW */
 };
 
 /* ------------------------------------------------------------ helpers */
@@ -1089,6 +1090,13 @@ static void on_replica_frame(void *arg, uint32_t id, const uint8_t *frame, size_
         pbft_msg_unref(m);
         return;
     }
+    if (pbft_vote_unneeded(n->replica, m)) {
+        /* The tail of a quorum: its step would change nothing, so its
+         * signature is never checked. */
+        n->votes_skipped++;
+        pbft_msg_unref(m);
+        return;
+    }
     collect(n, IN_CONSENSUS, m, id);
 }
 
@@ -1686,6 +1694,10 @@ static void register_metrics(fb_node *n)
         "Ed25519 signatures of received messages checked (batch workers or inline; cache hits "
         "excluded)",
         NULL);
+    n->m.votes_skipped = fb_metrics_counter(
+        m, "fedbft_votes_skipped_total",
+        "PREPAREs and COMMITs that arrived after their slot had its quorum: skipped unverified",
+        NULL);
     const char *rk[4] = {"reason=\"garbage\"", "reason=\"oversized\"", "reason=\"unknown_key\"",
                          "reason=\"handshake\""};
     for (int i = 0; i < 4; i++)
@@ -1752,6 +1764,7 @@ static void sync_metrics(fb_node *n)
         verified += bs.verified;
     }
     fb_metric_sync(n->m.sig_verified, verified, &n->m.last_verified);
+    fb_metric_sync(n->m.votes_skipped, n->votes_skipped, &n->m.last_votes_skipped);
     net_stats ns;
     net_get_stats(n->net, &ns);
     uint64_t rej[4] = {ns.garbage, ns.oversized, ns.unknown_keys, ns.handshakes_failed};

@@ -890,6 +890,63 @@ static void test_rejections_by_reason(void **state)
     free(c);
 }
 
+/* The tail of a quorum is unneeded: a first PREPARE after the slot prepared,
+ * a first COMMIT after it committed.  Anything the step could act on is not:
+ * a duplicate (the sender may be behind), a vote for a slot without its
+ * quorum, the primary's PREPARE, a vote a retransmit interval after commit
+ * (a replica catching up), any vote during a view change. */
+static void test_unneeded_votes(void **state)
+{
+    (void)state;
+    cluster *c = calloc(1, sizeof *c);
+    cluster_init(c, 4, 4, 16);
+    c->mute[3] = true; /* replicas 0..2 form every quorum; 3's votes are lost */
+    submit(c, 0, 1, false);
+    run(c);
+    c->mute[3] = false;
+    for (uint32_t i = 0; i < 3; i++)
+        assert_int_equal(status(c, i).last_executed, 1);
+    uint8_t d[FB_DIGEST_LEN];
+    memcpy(d, logged_pp(c, 1, 1)->u.pre_prepare->digest.data, FB_DIGEST_LEN);
+    const int P = FEDBFT__MSG_TYPE__MSG_PREPARE, C = FEDBFT__MSG_TYPE__MSG_COMMIT;
+    struct {
+        uint32_t at;
+        int type;
+        uint64_t view, seq;
+        uint32_t sender;
+        bool unneeded;
+    } cases[] = {
+        {1, P, 0, 1, 3, true}, /* backup: replica 3's PREPARE after prepared */
+        {1, C, 0, 1, 3, true}, /* ... its COMMIT after committed */
+        {0, P, 0, 1, 3, true}, /* the primary too */
+        {0, C, 0, 1, 3, true},
+        {1, P, 0, 1, 2, false}, /* a duplicate: 2's PREPARE is held */
+        {1, C, 0, 1, 2, false},
+        {1, P, 0, 1, 0, false}, /* the primary's PREPARE: invalid, the step refuses it */
+        {1, P, 0, 2, 3, false}, /* seq 2 has no PRE-PREPARE: the vote counts */
+        {1, C, 0, 2, 3, false},
+        {1, P, 1, 1, 3, false}, /* another view: the step refuses it */
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        pbft_msg *v = make_vote(c, cases[k].type, cases[k].view, cases[k].seq, d, cases[k].sender);
+        pbft_msg *p = NULL;
+        char err[128];
+        assert_int_equal(pbft_parse(c->r[cases[k].at], v->raw, v->raw_len, &p, err, sizeof err), 0);
+        if (pbft_vote_unneeded(c->r[cases[k].at], p) != cases[k].unneeded)
+            fail_msg("case %zu: expected unneeded=%d", k, cases[k].unneeded);
+        pbft_msg_unref(p);
+        pbft_msg_unref(v);
+    }
+    /* A retransmit interval after the commit, 3's first vote is a laggard's:
+     * the step answers it with what 3 missed. */
+    tick(c, c->cfg.retransmit_ms);
+    pbft_msg *late = make_vote(c, P, 0, 1, d, 3);
+    assert_false(pbft_vote_unneeded(c->r[1], late));
+    pbft_msg_unref(late);
+    cluster_free(c);
+    free(c);
+}
+
 static void test_reject_names(void **state)
 {
     (void)state;
@@ -1030,6 +1087,7 @@ int main(void)
         cmocka_unit_test(test_restart_during_view_change),
         cmocka_unit_test(test_rejections_by_reason),
         cmocka_unit_test(test_reject_names),
+        cmocka_unit_test(test_unneeded_votes),
         cmocka_unit_test(test_abstain_after_wipe),
         cmocka_unit_test(test_config_errors),
     };
