@@ -10,6 +10,13 @@
 
 #define CGROUP_ROOT "/sys/fs/cgroup"
 
+/* quota microseconds of CPU time per period, in whole CPUs (rounded up). */
+static unsigned quota_cpus(unsigned long long quota, unsigned long long period)
+{
+    unsigned long long cpus = (quota + period - 1) / period;
+    return cpus > 65536 ? 65536u : (unsigned)cpus;
+}
+
 unsigned fb_cpus_from_cpu_max(const char *line)
 {
     char quota[32];
@@ -21,8 +28,7 @@ unsigned fb_cpus_from_cpu_max(const char *line)
     unsigned long long q = strtoull(quota, &end, 10);
     if (!end || *end != '\0' || q == 0 || quota[0] == '-')
         return 0;
-    unsigned long long cpus = (q + period - 1) / period;
-    return cpus > 65536 ? 65536 : (unsigned)cpus;
+    return quota_cpus(q, period);
 }
 
 /* The first line of path, or "" (a file that is not there limits nothing). */
@@ -82,8 +88,7 @@ static unsigned dir_quota(bool v1, const char *dir)
     long long quota = atoll(a), period = atoll(b); /* quota -1: no limit */
     if (quota <= 0 || period <= 0)
         return 0;
-    long long cpus = (quota + period - 1) / period;
-    return cpus > 65536 ? 65536u : (unsigned)cpus;
+    return quota_cpus((unsigned long long)quota, (unsigned long long)period);
 }
 
 /* The smallest CPU quota on this process's cgroup and its ancestors (a

@@ -288,7 +288,7 @@ int pbft_config_check(pbft_config *c, char *err, size_t errlen)
 
 /* ------------------------------------------------------------ slots */
 
-static slot *slot_at(pbft_replica *r, uint64_t seq)
+static slot *slot_at(const pbft_replica *r, uint64_t seq)
 {
     return &r->slots[seq % r->cfg.log_window];
 }
@@ -1114,7 +1114,7 @@ bool pbft_vote_unneeded(const pbft_replica *r, const pbft_msg *m)
     uint64_t seq = prepare ? m->u.prepare->seq : m->u.commit->seq;
     if (view != r->view || !in_window(r, seq) || (prepare && m->sender == primary_of(r, view)))
         return false; /* stale, outside the window, or invalid: the step refuses it */
-    const slot *s = &r->slots[seq % r->cfg.log_window];
+    const slot *s = slot_at(r, seq);
     if (s->seq != seq || !s->pp || s->pp_view != view || late_vote(r, s))
         return false;
     if (prepare ? s->prepares[m->sender] != NULL : s->commits[m->sender] != NULL)
