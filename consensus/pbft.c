@@ -420,6 +420,7 @@ static void garbage_collect(pbft_replica *r)
 }
 
 static void start_fetch(pbft_replica *r, uint64_t seq, const uint8_t digest[FB_DIGEST_LEN]);
+static void try_propose(pbft_replica *r);
 
 /* Make (seq, digest) the stable checkpoint, proven by proof. */
 static void make_stable(pbft_replica *r, uint64_t seq, const uint8_t digest[FB_DIGEST_LEN],
@@ -572,7 +573,9 @@ static void on_fetch_failed(pbft_replica *r, uint64_t seq)
     (void)stabilize_newer(r, seq, true);
 }
 
-static void on_checkpoint(pbft_replica *r, pbft_msg *m)
+/* A CHECKPOINT: count it toward its checkpoint's certificate (or, beyond the
+ * window, toward proof that we are far behind). */
+static void checkpoint_in(pbft_replica *r, pbft_msg *m)
 {
     const Fedbft__Checkpoint *cp = m->u.checkpoint;
     if (cp->seq == 0 || cp->seq % r->cfg.checkpoint_interval != 0) {
@@ -616,6 +619,14 @@ static void on_checkpoint(pbft_replica *r, pbft_msg *m)
     }
     c->msgs[m->sender] = pbft_msg_ref(m);
     try_stabilize(r, c);
+}
+
+static void on_checkpoint(pbft_replica *r, pbft_msg *m)
+{
+    uint64_t h = r->h;
+    checkpoint_in(r, m);
+    if (r->h != h)
+        try_propose(r); /* the window moved: a primary stopped at H goes on */
 }
 
 /* We executed seq, a checkpoint: sign and broadcast our CHECKPOINT. */
@@ -685,7 +696,6 @@ static void start_fetch(pbft_replica *r, uint64_t seq, const uint8_t digest[FB_D
 }
 
 static void try_execute(pbft_replica *r);
-static void try_propose(pbft_replica *r);
 static void update_request_timer(pbft_replica *r);
 
 static void on_state_installed(pbft_replica *r, const pbft_event *ev)

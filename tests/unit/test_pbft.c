@@ -64,6 +64,11 @@ typedef struct {
     bool no_nv[MAXN];
     uint64_t fetches[MAXN][16];
     uint32_t nfetches[MAXN];
+    /* CHECKPOINTs to a replica with hold_ckpt[i] wait here (a slow link for
+     * them only) until release_ckpts */
+    bool hold_ckpt[MAXN];
+    wire held[64];
+    size_t nheld;
 } cluster;
 
 static void sign_cb(void *arg, const uint8_t d[FB_DIGEST_LEN], uint8_t sig[FB_SIG_LEN])
@@ -271,6 +276,8 @@ static void restart(cluster *c, uint32_t i)
 
 static void cluster_free(cluster *c)
 {
+    for (size_t k = 0; k < c->nheld; k++)
+        pbft_msg_unref(c->held[k].msg);
     while (c->qlen) {
         pbft_msg_unref(c->q[c->qhead].msg);
         c->qhead = (c->qhead + 1) % MAXQ;
@@ -295,6 +302,11 @@ static void run(cluster *c)
         c->qlen--;
         bool lost = (w.msg->sender < MAXN && c->mute[w.msg->sender]) ||
                     (c->no_nv[w.to] && w.msg->type == FEDBFT__MSG_TYPE__MSG_NEW_VIEW);
+        if (!lost && c->hold_ckpt[w.to] && w.msg->type == FEDBFT__MSG_TYPE__MSG_CHECKPOINT) {
+            assert_true(c->nheld < sizeof c->held / sizeof c->held[0]);
+            c->held[c->nheld++] = w;
+            continue;
+        }
         if (!c->down[w.to] && !lost) {
             pbft_msg *m = NULL;
             char err[128];
@@ -306,6 +318,18 @@ static void run(cluster *c)
         }
         pbft_msg_unref(w.msg);
     }
+}
+
+/* Deliver the held CHECKPOINTs (and what they cause). */
+static void release_ckpts(cluster *c)
+{
+    for (size_t k = 0; k < c->nheld; k++) {
+        c->hold_ckpt[c->held[k].to] = false;
+        enqueue(c, c->held[k].to, c->held[k].msg);
+        pbft_msg_unref(c->held[k].msg);
+    }
+    c->nheld = 0;
+    run(c);
 }
 
 static void tick(cluster *c, uint64_t advance)
@@ -556,6 +580,37 @@ static void test_watermark_edges(void **state)
         pbft_msg_unref(m);
     }
     pbft_msg_unref(req);
+    cluster_free(c);
+    free(c);
+}
+
+/* A primary whose window is full proposes again as soon as a checkpoint
+ * becomes stable, whatever makes it stable: here the last CHECKPOINT needed
+ * arrives from a peer, with the next request already waiting and nothing in
+ * flight (no execution, new request or timer would wake it). */
+static void test_window_reopens_on_stable_checkpoint(void **state)
+{
+    (void)state;
+    cluster *c = calloc(1, sizeof *c);
+    cluster_init(c, 4, 4, 8); /* h = 0, H = 8 */
+    c->cfg.batch_max_requests = 1;
+    for (uint32_t i = 0; i < 4; i++)
+        restart(c, i);
+    c->hold_ckpt[0] = true; /* the primary hears no peer's CHECKPOINT */
+    for (uint64_t ts = 1; ts <= 9; ts++) {
+        submit(c, 0, ts, false);
+        run(c);
+    }
+    pbft_status st = status(c, 0);
+    assert_int_equal(st.last_executed, 8);
+    assert_int_equal(st.stable_seq, 0); /* seq 9 lies beyond H: request 9 waits */
+    assert_int_equal(c->replies[0][9], 0);
+    release_ckpts(c);
+    st = status(c, 0);
+    assert_int_equal(st.stable_seq, 8);
+    assert_int_equal(st.last_executed, 9);
+    assert_int_equal(c->replies[0][9], 4);
+    assert_same_state(c, 9);
     cluster_free(c);
     free(c);
 }
@@ -1079,6 +1134,7 @@ int main(void)
         cmocka_unit_test(test_normal_case_and_digest_counts),
         cmocka_unit_test(test_checkpoints_bound_the_log),
         cmocka_unit_test(test_watermark_edges),
+        cmocka_unit_test(test_window_reopens_on_stable_checkpoint),
         cmocka_unit_test(test_exactly_once_and_stale),
         cmocka_unit_test(test_silent_primary_is_replaced),
         cmocka_unit_test(test_restart_from_records),
