@@ -14,6 +14,7 @@
 #include <string.h>
 
 #define MAX_READONLY 256 /* read-only requests waiting for an idle executor */
+#define MAX_EARLY 1024   /* messages held for just above the window (hold_early) */
 #define FETCH_RETRY_MS 1000
 #define NO_DEADLINE UINT64_MAX
 
@@ -67,6 +68,9 @@ struct pbft_replica {
     ckpt *ckpts; /* [L / K + 1] */
     uint32_t nckpts;
     pbft_msg **far_ckpt; /* [n] each sender's newest CHECKPOINT above H */
+    pbft_msg **early;    /* [early_cap] PRE-PREPAREs and votes for (H, H + K], */
+    uint32_t nearly;     /* stepped again when the window moves (step_early) */
+    uint32_t early_cap;
 
     uint64_t next_seq;      /* primary: next sequence number to assign */
     uint64_t last_executed; /* highest executed seq */
@@ -82,6 +86,7 @@ struct pbft_replica {
 
     /* state transfer */
     uint64_t fetching; /* target seq, 0 if none */
+    bool fetch_failed; /* the node found no peer to serve it: a newer one may replace it */
     uint8_t fetch_digest[FB_DIGEST_LEN];
     uint64_t fetch_retry_at;
 
@@ -108,6 +113,8 @@ struct pbft_replica {
 };
 
 /* ------------------------------------------------------------ output */
+
+static uint64_t high_mark(const pbft_replica *r);
 
 static void reject(pbft_replica *r, pbft_reject why)
 {
@@ -210,6 +217,18 @@ static bool is_primary(const pbft_replica *r)
 static uint64_t high_mark(const pbft_replica *r)
 {
     return r->h + r->cfg.log_window;
+}
+
+/* A PRE-PREPARE, PREPARE or COMMIT (verified) for a seq just above H: the
+ * sender's window moved before ours.  It is kept (up to early_cap, beyond that
+ * the sender's retransmission brings it) and stepped again once a stable
+ * checkpoint moves H past it, instead of waiting retransmit_ms for it. */
+static void hold_early(pbft_replica *r, pbft_msg *m, uint64_t seq)
+{
+    if (seq <= high_mark(r) || seq > high_mark(r) + r->cfg.checkpoint_interval ||
+        r->nearly == r->early_cap)
+        return;
+    r->early[r->nearly++] = pbft_msg_ref(m);
 }
 
 static bool in_window(const pbft_replica *r, uint64_t seq)
@@ -420,7 +439,6 @@ static void garbage_collect(pbft_replica *r)
 }
 
 static void start_fetch(pbft_replica *r, uint64_t seq, const uint8_t digest[FB_DIGEST_LEN]);
-static void try_propose(pbft_replica *r);
 
 /* Make (seq, digest) the stable checkpoint, proven by proof. */
 static void make_stable(pbft_replica *r, uint64_t seq, const uint8_t digest[FB_DIGEST_LEN],
@@ -471,7 +489,7 @@ static bool try_stabilize_ex(pbft_replica *r, ckpt *c, bool force)
         const uint8_t *d = m->u.checkpoint->state_digest.data;
         if (c->own && !digest_eq(c->own_digest, d))
             reject(r, PBFT_REJ_BAD_CHECKPOINT); /* our own: a quorum certified another state */
-        if (!force && r->fetching && c->seq > r->fetching)
+        if (!force && r->fetching && !r->fetch_failed && c->seq > r->fetching)
             return false; /* a fetch in progress is not replaced */
         if (!force && !c->own && r->last_executed < c->seq) {
             /* Behind.  If every slot up to seq is committed we are only slow:
@@ -479,7 +497,8 @@ static bool try_stabilize_ex(pbft_replica *r, ckpt *c, bool force)
              * holds from a checkpoint being fetched as well: restarting the
              * fetch for every newer checkpoint would never finish one under
              * load. */
-            uint64_t from = r->fetching > r->last_executed ? r->fetching : r->last_executed;
+            uint64_t from =
+                r->fetching > r->last_executed && !r->fetch_failed ? r->fetching : r->last_executed;
             bool can_catch_up = true;
             for (uint64_t q = from + 1; q <= c->seq && can_catch_up; q++) {
                 slot *s = slot_at(r, q);
@@ -570,12 +589,13 @@ static void on_fetch_failed(pbft_replica *r, uint64_t seq)
 {
     if (!r->fetching || r->fetching != seq)
         return;
-    (void)stabilize_newer(r, seq, true);
+    /* Nothing newer certified yet: remember that this one cannot be served,
+     * so that the next certified checkpoint replaces it at once. */
+    if (!stabilize_newer(r, seq, true))
+        r->fetch_failed = true;
 }
 
-/* A CHECKPOINT: count it toward its checkpoint's certificate (or, beyond the
- * window, toward proof that we are far behind). */
-static void checkpoint_in(pbft_replica *r, pbft_msg *m)
+static void on_checkpoint(pbft_replica *r, pbft_msg *m)
 {
     const Fedbft__Checkpoint *cp = m->u.checkpoint;
     if (cp->seq == 0 || cp->seq % r->cfg.checkpoint_interval != 0) {
@@ -601,7 +621,7 @@ static void checkpoint_in(pbft_replica *r, pbft_msg *m)
         }
         pbft_msg_unref(old);
         r->far_ckpt[m->sender] = pbft_msg_ref(m);
-        if (!r->fetching) /* a fetch in progress is not replaced */
+        if (!r->fetching || r->fetch_failed) /* a fetch in progress is not replaced */
             (void)far_stabilize(r);
         return;
     }
@@ -619,14 +639,6 @@ static void checkpoint_in(pbft_replica *r, pbft_msg *m)
     }
     c->msgs[m->sender] = pbft_msg_ref(m);
     try_stabilize(r, c);
-}
-
-static void on_checkpoint(pbft_replica *r, pbft_msg *m)
-{
-    uint64_t h = r->h;
-    checkpoint_in(r, m);
-    if (r->h != h)
-        try_propose(r); /* the window moved: a primary stopped at H goes on */
 }
 
 /* We executed seq, a checkpoint: sign and broadcast our CHECKPOINT. */
@@ -686,6 +698,7 @@ static void start_fetch(pbft_replica *r, uint64_t seq, const uint8_t digest[FB_D
     if (r->fetching >= seq)
         return;
     r->fetching = seq;
+    r->fetch_failed = false;
     memcpy(r->fetch_digest, digest, FB_DIGEST_LEN);
     r->fetch_retry_at = r->now + FETCH_RETRY_MS;
     pbft_action *a = push(r, PBFT_ACT_FETCH_STATE);
@@ -696,6 +709,7 @@ static void start_fetch(pbft_replica *r, uint64_t seq, const uint8_t digest[FB_D
 }
 
 static void try_execute(pbft_replica *r);
+static void try_propose(pbft_replica *r);
 static void update_request_timer(pbft_replica *r);
 
 static void on_state_installed(pbft_replica *r, const pbft_event *ev)
@@ -1038,6 +1052,7 @@ static void on_pre_prepare(pbft_replica *r, pbft_msg *m)
     slot *s = slot_for(r, pp->seq);
     if (!s) {
         reject(r, PBFT_REJ_WATERMARK);
+        hold_early(r, m, pp->seq);
         return;
     }
     if (s->pp && s->pp_view == pp->view) {
@@ -1147,6 +1162,7 @@ static void on_prepare(pbft_replica *r, pbft_msg *m)
     slot *s = slot_for(r, p->seq);
     if (!s) {
         reject(r, PBFT_REJ_WATERMARK);
+        hold_early(r, m, p->seq);
         return;
     }
     pbft_msg **held = &s->prepares[m->sender];
@@ -1179,6 +1195,7 @@ static void on_commit(pbft_replica *r, pbft_msg *m)
     slot *s = slot_for(r, c->seq);
     if (!s) {
         reject(r, PBFT_REJ_WATERMARK);
+        hold_early(r, m, c->seq);
         return;
     }
     pbft_msg **held = &s->commits[m->sender];
@@ -1698,8 +1715,10 @@ static void on_time(pbft_replica *r)
     }
     if (r->fetching && r->now >= r->fetch_retry_at) {
         uint64_t seq = r->fetching;
+        bool failed = r->fetch_failed; /* asking again does not make it servable */
         r->fetching = 0;
         start_fetch(r, seq, r->fetch_digest);
+        r->fetch_failed = failed;
     }
     if (r->now >= r->retransmit_at) {
         r->retransmit_at = r->now + r->cfg.retransmit_ms;
@@ -1750,11 +1769,14 @@ int pbft_new(const pbft_config *cfg, pbft_replica **out, char *err, size_t errle
     r->vcs = calloc(c.n, sizeof *r->vcs);
     r->target_live = calloc(c.n, sizeof *r->target_live);
     r->far_ckpt = calloc(c.n, sizeof *r->far_ckpt);
+    uint64_t early = 2ull * c.n * c.checkpoint_interval; /* a PRE-PREPARE and n votes per seq */
+    r->early_cap = early < MAX_EARLY ? (uint32_t)early : MAX_EARLY;
+    r->early = calloc(r->early_cap, sizeof *r->early);
     r->h_proof = calloc(r->quorum, sizeof *r->h_proof);
     r->exec_cap = c.batch_max_requests > 1 ? c.batch_max_requests : 1;
     r->exec_reqs = calloc(r->exec_cap, sizeof *r->exec_reqs);
-    bool ok = r->slots && r->ckpts && r->vcs && r->target_live && r->far_ckpt && r->h_proof &&
-              r->exec_reqs && pbft_clients_init(&r->clients, c.max_clients) == 0;
+    bool ok = r->slots && r->ckpts && r->vcs && r->target_live && r->far_ckpt && r->early &&
+              r->h_proof && r->exec_reqs && pbft_clients_init(&r->clients, c.max_clients) == 0;
     for (uint32_t i = 0; ok && i < c.log_window; i++) {
         slot *s = &r->slots[i];
         s->prepares = calloc(c.n, sizeof *s->prepares);
@@ -1808,6 +1830,9 @@ void pbft_free(pbft_replica *r)
     }
     for (uint32_t i = 0; i < r->nh_proof; i++)
         pbft_msg_unref(r->h_proof[i]);
+    for (uint32_t i = 0; i < r->nearly; i++)
+        pbft_msg_unref(r->early[i]);
+    free(r->early);
     for (size_t i = 0; i < r->nexec_reqs; i++)
         pbft_msg_unref(r->exec_reqs[i]);
     for (uint32_t i = 0; i < r->ro_count; i++)
@@ -1828,6 +1853,71 @@ void pbft_free(pbft_replica *r)
 }
 
 /* ------------------------------------------------------------ step */
+
+static void on_message(pbft_replica *r, pbft_msg *m);
+
+static uint64_t ordering_seq(const pbft_msg *m)
+{
+    switch (m->type) {
+    case FEDBFT__MSG_TYPE__MSG_PRE_PREPARE:
+        return m->u.pre_prepare->seq;
+    case FEDBFT__MSG_TYPE__MSG_PREPARE:
+        return m->u.prepare->seq;
+    case FEDBFT__MSG_TYPE__MSG_COMMIT:
+        return m->u.commit->seq;
+    default:
+        return 0;
+    }
+}
+
+/* The window moved: step the held messages it now covers, in arrival order;
+ * drop the ones at or below h; keep the ones still above H. */
+static void step_early(pbft_replica *r)
+{
+    uint32_t n = r->nearly, keep = 0;
+    pbft_msg *list[n ? n : 1];
+    memcpy(list, r->early, n * sizeof *list);
+    r->nearly = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        pbft_msg *m = list[i];
+        uint64_t seq = ordering_seq(m);
+        if (seq > high_mark(r)) {
+            list[keep++] = m;
+            continue;
+        }
+        if (seq > r->h) {
+            on_message(r, m);
+            hold(r, m); /* the step's actions may point into it */
+        }
+        pbft_msg_unref(m);
+    }
+    for (uint32_t i = 0; i < keep; i++) {
+        if (r->nearly < r->early_cap)
+            r->early[r->nearly++] = list[i];
+        else
+            pbft_msg_unref(list[i]);
+    }
+}
+
+/* After every step: a stable checkpoint that moved (whatever moved it: our
+ * execution, a peer's CHECKPOINT, a state install, a NEW-VIEW) reopens what
+ * waited for the window. */
+static void after_window_moved(pbft_replica *r, uint64_t h_before, bool abstained)
+{
+    if (r->h == h_before)
+        return;
+    step_early(r);
+    try_propose(r); /* a primary stopped at H goes on */
+    if (abstained && !abstains_from_views(r) && r->view_changing) {
+        /* A wiped replica that may vote again in a view change it sat out:
+         * its VIEW-CHANGE may be the one the quorum lacks. */
+        pbft_msg *own = r->vcs[r->cfg.id];
+        if (!own || own->u.view_change->new_view != r->view)
+            vote_for_view(r);
+        arm_view_change_timer(r);
+        try_new_view(r);
+    }
+}
 
 static void on_message(pbft_replica *r, pbft_msg *m)
 {
@@ -1883,6 +1973,8 @@ const pbft_action *pbft_step(pbft_replica *r, const pbft_event *ev, size_t *nact
     } else if (r->retransmit_at == 0) {
         r->retransmit_at = r->now + r->cfg.retransmit_ms;
     }
+    uint64_t h_before = r->h;
+    bool abstained = abstains_from_views(r);
     switch (ev->kind) {
     case PBFT_EV_MESSAGE:
         if (ev->msg)
@@ -1910,6 +2002,7 @@ const pbft_action *pbft_step(pbft_replica *r, const pbft_event *ev, size_t *nact
         break;
     }
     on_time(r);
+    after_window_moved(r, h_before, abstained);
     emit_timer(r);
     *nactions = r->nacts;
     return r->acts;

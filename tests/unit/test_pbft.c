@@ -1107,6 +1107,117 @@ static void test_abstain_after_wipe(void **state)
     free(c);
 }
 
+/* A backup whose stable checkpoint lags the primary's refuses the PRE-PREPARE
+ * for its H + 1; it keeps it and steps it once its window moves, rather than
+ * waiting for the primary's retransmission (here it is needed for the quorum:
+ * replica 3 is down). */
+static void test_backup_window_reopens(void **state)
+{
+    (void)state;
+    cluster *c = calloc(1, sizeof *c);
+    cluster_init(c, 4, 4, 8); /* h = 0, H = 8 */
+    c->cfg.batch_max_requests = 1;
+    for (uint32_t i = 0; i < 4; i++)
+        restart(c, i);
+    c->down[3] = true;
+    c->hold_ckpt[2] = true; /* replica 2's peers' CHECKPOINTs arrive late */
+    for (uint64_t ts = 1; ts <= 8; ts++) {
+        submit(c, 0, ts, false);
+        run(c);
+    }
+    assert_int_equal(status(c, 0).stable_seq, 8);
+    assert_int_equal(status(c, 2).stable_seq, 0);
+    uint64_t wm = status(c, 2).rejected_by[PBFT_REJ_WATERMARK];
+    submit(c, 0, 9, false); /* the primary proposes 9; replica 2 cannot take it yet */
+    run(c);
+    assert_true(status(c, 2).rejected_by[PBFT_REJ_WATERMARK] > wm);
+    assert_int_equal(status(c, 0).last_executed, 8);
+    release_ckpts(c); /* replica 2's window moves to (8, 16] */
+    assert_int_equal(status(c, 2).stable_seq, 8);
+    for (uint32_t i = 0; i < 3; i++)
+        assert_int_equal(status(c, i).last_executed, 9); /* no timer needed */
+    assert_int_equal(c->replies[0][9], 3);
+    cluster_free(c);
+    free(c);
+}
+
+/* A FETCH_FAILED when nothing newer is certified is remembered: the next
+ * certified checkpoint replaces the unservable fetch at once, not after the
+ * node's next failure report. */
+static void test_fetch_failed_then_newer(void **state)
+{
+    (void)state;
+    cluster *c = calloc(1, sizeof *c);
+    cluster_init(c, 4, 4, 8);
+    c->down[2] = true;
+    uint64_t ts = 1;
+    for (; ts <= 20; ts++) {
+        submit(c, 0, ts, false);
+        run(c);
+    }
+    restart(c, 2);
+    c->hold_fetch[2] = true;
+    tick(c, 400);
+    uint64_t first = status(c, 2).fetching_seq;
+    assert_true(first >= 16);
+    pbft_event ev = {.kind = PBFT_EV_FETCH_FAILED, .now_ms = c->now};
+    ev.installed.seq = first;
+    step(c, 2, &ev);
+    run(c);
+    assert_int_equal(status(c, 2).fetching_seq, first); /* nothing newer yet */
+    for (; ts <= 28; ts++) {
+        submit(c, 0, ts, false);
+        run(c);
+    }
+    tick(c, 10);
+    assert_true(status(c, 2).fetching_seq > first);
+    cluster_free(c);
+    free(c);
+}
+
+/* A wiped replica that sat out a view change (its stable checkpoint was below
+ * S + L) votes as soon as its window reaches S + L: with the old primary down
+ * its VIEW-CHANGE is the one the quorum lacks, and no timer would run. */
+static void test_abstain_ends_mid_view_change(void **state)
+{
+    (void)state;
+    cluster *c = calloc(1, sizeof *c);
+    cluster_init(c, 4, 4, 8);
+    uint64_t ts = 1;
+    for (; ts <= 10; ts++) {
+        submit(c, 0, ts, false);
+        run(c);
+    }
+    wipe_and_restart(c, 3);
+    for (int k = 0; k < 5 && status(c, 3).last_executed < 8; k++)
+        tick(c, 300);
+    assert_int_equal(status(c, 3).stable_seq, 8);
+    assert_int_equal(status(c, 3).abstain_until, 16);
+    c->hold_ckpt[3] = true;
+    for (; ts <= 16; ts++) {
+        submit(c, 0, ts, false);
+        run(c);
+    }
+    assert_int_equal(status(c, 0).last_executed, 16);
+    assert_int_equal(status(c, 3).stable_seq, 8);
+    c->down[0] = true;
+    for (uint32_t i = 1; i < 4; i++) {
+        pbft_event ev = {.kind = PBFT_EV_VIEW_CHANGE, .now_ms = c->now};
+        step(c, i, &ev);
+    }
+    run(c);
+    assert_int_equal(c->vcs_sent[3], 0); /* abstains */
+    release_ckpts(c);                    /* stable 16 = S + L: it may vote */
+    assert_int_equal(status(c, 3).stable_seq, 16);
+    assert_int_equal(c->vcs_sent[3], 1);
+    for (uint32_t i = 1; i < 4; i++) {
+        assert_false(status(c, i).view_changing);
+        assert_int_equal(status(c, i).view, 1);
+    }
+    cluster_free(c);
+    free(c);
+}
+
 static void test_config_errors(void **state)
 {
     (void)state;
@@ -1145,6 +1256,9 @@ int main(void)
         cmocka_unit_test(test_reject_names),
         cmocka_unit_test(test_unneeded_votes),
         cmocka_unit_test(test_abstain_after_wipe),
+        cmocka_unit_test(test_backup_window_reopens),
+        cmocka_unit_test(test_fetch_failed_then_newer),
+        cmocka_unit_test(test_abstain_ends_mid_view_change),
         cmocka_unit_test(test_config_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
