@@ -19,6 +19,9 @@
 #define NO_DEADLINE UINT64_MAX
 
 /* One sequence number in the window (h, h + L]. */
+#define SKIPPED_PREPARE 1 /* slot.skipped bits (pbft_vote_skip) */
+#define SKIPPED_COMMIT 2
+
 typedef struct slot {
     uint64_t seq; /* 0 = unused */
     pbft_msg *pp; /* accepted PRE-PREPARE (its view is pp_view) */
@@ -26,6 +29,7 @@ typedef struct slot {
     pbft_msg **prepares;   /* [n] by sender, for pp_view */
     pbft_msg **commits;    /* [n] by sender, for pp_view */
     uint64_t *helped_at;   /* [n] when we last answered that replica's retransmission */
+    uint8_t *skipped;      /* [n] SKIPPED_*: that replica's first vote, dropped unverified */
     uint64_t committed_at; /* ms */
     bool prepared, committed, executed;
     bool own_commit_sent;
@@ -337,12 +341,15 @@ static void slot_reset(pbft_replica *r, slot *s)
     pbft_msg_unref(s->pp);
     pbft_msg **p = s->prepares, **c = s->commits, **cp = s->cert_prepares;
     uint64_t *helped = s->helped_at;
+    uint8_t *skipped = s->skipped;
     memset(s, 0, sizeof *s);
     s->prepares = p;
     s->commits = c;
     s->cert_prepares = cp;
     s->helped_at = helped;
+    s->skipped = skipped;
     memset(helped, 0, r->n * sizeof *helped);
+    memset(skipped, 0, r->n);
 }
 
 /* The slot for seq, claimed if unused.  NULL outside the window. */
@@ -1129,7 +1136,7 @@ static pbft_reject vote_conflict(pbft_msg **held, const pbft_msg *m)
     return digest_eq(hd, d) ? PBFT_REJ_DUPLICATE : PBFT_REJ_EQUIVOCATION;
 }
 
-bool pbft_vote_unneeded(const pbft_replica *r, const pbft_msg *m)
+bool pbft_vote_skip(pbft_replica *r, const pbft_msg *m)
 {
     bool prepare = m->type == FEDBFT__MSG_TYPE__MSG_PREPARE;
     if ((!prepare && m->type != FEDBFT__MSG_TYPE__MSG_COMMIT) || m->sender >= r->n ||
@@ -1139,12 +1146,18 @@ bool pbft_vote_unneeded(const pbft_replica *r, const pbft_msg *m)
     uint64_t seq = prepare ? m->u.prepare->seq : m->u.commit->seq;
     if (view != r->view || !in_window(r, seq) || (prepare && m->sender == primary_of(r, view)))
         return false; /* stale, outside the window, or invalid: the step refuses it */
-    const slot *s = slot_at(r, seq);
+    slot *s = slot_at(r, seq);
     if (s->seq != seq || !s->pp || s->pp_view != view || late_vote(r, s))
         return false;
     if (prepare ? s->prepares[m->sender] != NULL : s->commits[m->sender] != NULL)
         return false; /* a duplicate (or an equivocation): the step decides */
-    return prepare ? s->prepared : s->committed;
+    uint8_t bit = prepare ? SKIPPED_PREPARE : SKIPPED_COMMIT;
+    if (s->skipped[m->sender] & bit)
+        return false; /* sent again: the sender lags, and the step helps it */
+    if (!(prepare ? s->prepared : s->committed))
+        return false;
+    s->skipped[m->sender] |= bit;
+    return true;
 }
 
 static void on_prepare(pbft_replica *r, pbft_msg *m)
@@ -1171,9 +1184,9 @@ static void on_prepare(pbft_replica *r, pbft_msg *m)
         reject(r, why); /* the first vote stands */
         return;
     }
-    if (why == PBFT_REJ_DUPLICATE || late_vote(r, s)) {
-        /* a re-sent vote, or a first vote long after we finished the slot:
-         * the sender is behind on it */
+    if (why == PBFT_REJ_DUPLICATE || late_vote(r, s) || (s->skipped[m->sender] & SKIPPED_PREPARE)) {
+        /* a re-sent vote (held, or skipped the first time), or a first vote
+         * long after we finished the slot: the sender is behind on it */
         help_laggard(r, s, m->sender);
         if (why == PBFT_REJ_DUPLICATE) {
             reject(r, why);
@@ -1204,7 +1217,7 @@ static void on_commit(pbft_replica *r, pbft_msg *m)
         reject(r, why);
         return;
     }
-    if (why == PBFT_REJ_DUPLICATE || late_vote(r, s)) {
+    if (why == PBFT_REJ_DUPLICATE || late_vote(r, s) || (s->skipped[m->sender] & SKIPPED_COMMIT)) {
         help_laggard(r, s, m->sender);
         if (why == PBFT_REJ_DUPLICATE) {
             reject(r, why);
@@ -1783,7 +1796,8 @@ int pbft_new(const pbft_config *cfg, pbft_replica **out, char *err, size_t errle
         s->commits = calloc(c.n, sizeof *s->commits);
         s->cert_prepares = calloc(r->quorum, sizeof *s->cert_prepares);
         s->helped_at = calloc(c.n, sizeof *s->helped_at);
-        ok = s->prepares && s->commits && s->cert_prepares && s->helped_at;
+        s->skipped = calloc(c.n, 1);
+        ok = s->prepares && s->commits && s->cert_prepares && s->helped_at && s->skipped;
     }
     for (uint32_t i = 0; ok && i < r->nckpts; i++)
         ok = (r->ckpts[i].msgs = calloc(c.n, sizeof *r->ckpts[i].msgs)) != NULL;
@@ -1810,9 +1824,10 @@ void pbft_free(pbft_replica *r)
     release_held(r);
     for (uint32_t i = 0; r->slots && i < r->cfg.log_window; i++) {
         if (r->slots[i].prepares && r->slots[i].commits && r->slots[i].cert_prepares &&
-            r->slots[i].helped_at)
+            r->slots[i].helped_at && r->slots[i].skipped)
             slot_reset(r, &r->slots[i]);
         free(r->slots[i].helped_at);
+        free(r->slots[i].skipped);
         free(r->slots[i].prepares);
         free(r->slots[i].commits);
         free(r->slots[i].cert_prepares);

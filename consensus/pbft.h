@@ -330,9 +330,12 @@ void pbft_get_progress(const pbft_replica *r, pbft_progress *out);
  * that already has its quorum for that vote in m's view (prepared, for a
  * PREPARE; committed, for a COMMIT), unless the vote comes a retransmit
  * interval after the slot committed (a replica catching up, whom the step
- * would help).  The node skips such votes before verifying them: the tail
- * of a quorum costs no signature check.  A duplicate or an equivocating
- * vote is never unneeded: the step must see it. */
-bool pbft_vote_unneeded(const pbft_replica *r, const pbft_msg *m);
+ * would help).  The node drops such votes before verifying them: the tail of
+ * a quorum costs no signature check.  A duplicate or an equivocating vote is
+ * never skipped: the step must see it.  The slot remembers a skipped sender:
+ * the same vote sent again (a replica that has not finished the slot
+ * retransmits) is not skipped, and its step answers the laggard with this
+ * replica's part of the slot, as for a duplicate. */
+bool pbft_vote_skip(pbft_replica *r, const pbft_msg *m);
 
 #endif

@@ -186,7 +186,7 @@ struct fb_node {
     /* Dropped by the cheap checks for a reason the replica would also give
      * (counted with the replica's own under that reason). */
     uint64_t dropped_early[PBFT_REJ_COUNT];
-    uint64_t votes_skipped; /* votes after their quorum: never verified (pbft_vote_unneeded) */
+    uint64_t votes_skipped; /* votes after their quorum: never verified (pbft_vote_skip) */
     uint64_t *nv_told_at;   /* [n] ms we last sent that replica our NEW-VIEW */
 };
 
@@ -1090,7 +1090,7 @@ static void on_replica_frame(void *arg, uint32_t id, const uint8_t *frame, size_
         pbft_msg_unref(m);
         return;
     }
-    if (pbft_vote_unneeded(n->replica, m)) {
+    if (pbft_vote_skip(n->replica, m)) {
         /* The tail of a quorum: its step would change nothing, so its
          * signature is never checked. */
         n->votes_skipped++;

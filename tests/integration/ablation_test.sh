@@ -125,7 +125,7 @@ check "default: verification batches observed" ge "$(sum_metric fedbft_verify_ba
 check "default: signatures verified" ge "$(sum_metric "$SIGS")" 1
 check "default: the signature cache answers relayed copies" ge "$(sum_metric fedbft_sigcache_hits_total)" 1
 # The fourth replica's PREPARE or COMMIT usually comes after the quorum: it is
-# dropped before its signature is checked (pbft_vote_unneeded).
+# dropped before its signature is checked (pbft_vote_skip).
 check "default: votes after their quorum skipped unverified" \
     ge "$(sum_metric fedbft_votes_skipped_total)" 1
 check "default: node log names the batch verifier" grep -q "signatures verified in batches" "$dir/node0/node.log"

@@ -143,9 +143,10 @@ check "... and the JSON carries the comparison" json_check "$tmp/cmp3.json" \
 check "nothing left after the comparisons" no_leftovers
 
 # ---- ablation: every row, then a JSON array with --keep
-# 2 clients and a 2 s warm-up: a fresh cluster without batching was seen to
-# complete nothing for a second or more at 8 clients (README, "Open problem").
-B --local 4 --clients 2 --duration 1 --warmup 2 --ablation > "$tmp/abl.out" 2> "$tmp/abl.err"
+# 8 clients: without batching the primary's window fills between checkpoints,
+# and a primary that did not propose again when a peer's CHECKPOINT moved it
+# completed nothing in the measured second (test_pbft checks the step itself).
+B --local 4 --clients 8 --duration 1 --warmup 2 --ablation > "$tmp/abl.out" 2> "$tmp/abl.err"
 rc=$?
 check "--ablation exits 0" test $rc -eq 0
 [ $rc -eq 0 ] || { cat "$tmp/abl.out" "$tmp/abl.err"; }
