@@ -232,6 +232,11 @@ static void hold_early(pbft_replica *r, pbft_msg *m, uint64_t seq)
     if (seq <= high_mark(r) || seq > high_mark(r) + r->cfg.checkpoint_interval ||
         r->nearly == r->early_cap)
         return;
+    uint32_t mine = 0; /* a share per sender: a faulty one cannot crowd out the rest */
+    for (uint32_t i = 0; i < r->nearly; i++)
+        mine += r->early[i]->sender == m->sender;
+    if (mine >= r->early_cap / r->n)
+        return;
     r->early[r->nearly++] = pbft_msg_ref(m);
 }
 

@@ -1129,7 +1129,7 @@ static void test_abstain_after_wipe(void **state)
 /* A backup whose stable checkpoint lags the primary's refuses the PRE-PREPARE
  * for its H + 1; it keeps it and steps it once its window moves, rather than
  * waiting for the primary's retransmission (here it is needed for the quorum:
- * replica 3 is down). */
+ * replica 3 is down, or rather faulty: it floods). */
 static void test_backup_window_reopens(void **state)
 {
     (void)state;
@@ -1147,6 +1147,12 @@ static void test_backup_window_reopens(void **state)
     assert_int_equal(status(c, 0).stable_seq, 8);
     assert_int_equal(status(c, 2).stable_seq, 0);
     uint64_t wm = status(c, 2).rejected_by[PBFT_REJ_WATERMARK];
+    /* A faulty replica 3 floods votes for just above replica 2's window: it
+     * fills only its own share of what replica 2 keeps. */
+    for (uint8_t k = 0; k < 40; k++) {
+        uint8_t junk[FB_DIGEST_LEN] = {k, 0xee};
+        inject(c, 2, make_vote(c, FEDBFT__MSG_TYPE__MSG_PREPARE, 0, 9 + k % 4, junk, 3));
+    }
     submit(c, 0, 9, false); /* the primary proposes 9; replica 2 cannot take it yet */
     run(c);
     assert_true(status(c, 2).rejected_by[PBFT_REJ_WATERMARK] > wm);
