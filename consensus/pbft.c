@@ -2215,8 +2215,12 @@ int pbft_restore(pbft_replica *r, const pbft_record *recs, size_t nrecs, uint64_
         }
     }
     r->restored = true; /* the first step re-sends what is unfinished */
-    if (r->last_executed < r->h)
+    if (r->last_executed < r->h) {
         start_fetch(r, r->h, r->h_digest);
+        /* Its action dies with the first step's reset: due at once, on_time
+         * in that step asks again, whatever the clock reads. */
+        r->fetch_retry_at = 0;
+    }
     return 0;
 }
 

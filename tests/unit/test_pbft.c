@@ -1243,6 +1243,30 @@ static void test_abstain_ends_mid_view_change(void **state)
     free(c);
 }
 
+/* A replica restored with its execution behind its stable checkpoint fetches
+ * the state in its first step, even with a clock that starts near 0. */
+static void test_restore_behind_fetches_at_once(void **state)
+{
+    (void)state;
+    cluster *c = calloc(1, sizeof *c);
+    cluster_init(c, 4, 4, 8);
+    for (uint64_t ts = 1; ts <= 10; ts++) {
+        submit(c, 0, ts, false);
+        run(c);
+    }
+    assert_int_equal(status(c, 2).stable_seq, 8);
+    c->last_exec_disk[2] = 0; /* its executed state is older than its log */
+    free(c->ct_disk[2]);
+    c->ct_disk[2] = NULL;
+    c->ct_len[2] = 0;
+    memset(c->app[2], 0, FB_DIGEST_LEN);
+    restart(c, 2);
+    tick(c, 1);
+    assert_true(status(c, 2).last_executed >= 8);
+    cluster_free(c);
+    free(c);
+}
+
 static void test_config_errors(void **state)
 {
     (void)state;
@@ -1284,6 +1308,7 @@ int main(void)
         cmocka_unit_test(test_backup_window_reopens),
         cmocka_unit_test(test_fetch_failed_then_newer),
         cmocka_unit_test(test_abstain_ends_mid_view_change),
+        cmocka_unit_test(test_restore_behind_fetches_at_once),
         cmocka_unit_test(test_config_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
