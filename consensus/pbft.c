@@ -223,14 +223,13 @@ static uint64_t high_mark(const pbft_replica *r)
     return r->h + r->cfg.log_window;
 }
 
-/* A PRE-PREPARE, PREPARE or COMMIT (verified) for a seq just above H: the
+/* A PRE-PREPARE, PREPARE or COMMIT (verified) for a seq in (H, H + L]: the
  * sender's window moved before ours.  It is kept (up to early_cap, beyond that
  * the sender's retransmission brings it) and stepped again once a stable
  * checkpoint moves H past it, instead of waiting retransmit_ms for it. */
 static void hold_early(pbft_replica *r, pbft_msg *m, uint64_t seq)
 {
-    if (seq <= high_mark(r) || seq > high_mark(r) + r->cfg.checkpoint_interval ||
-        r->nearly == r->early_cap)
+    if (seq <= high_mark(r) || seq > high_mark(r) + r->cfg.log_window || r->nearly == r->early_cap)
         return;
     uint32_t mine = 0; /* a share per sender: a faulty one cannot crowd out the rest */
     for (uint32_t i = 0; i < r->nearly; i++)
@@ -1787,7 +1786,7 @@ int pbft_new(const pbft_config *cfg, pbft_replica **out, char *err, size_t errle
     r->vcs = calloc(c.n, sizeof *r->vcs);
     r->target_live = calloc(c.n, sizeof *r->target_live);
     r->far_ckpt = calloc(c.n, sizeof *r->far_ckpt);
-    uint64_t early = 2ull * c.n * c.checkpoint_interval; /* a PRE-PREPARE and n votes per seq */
+    uint64_t early = 2ull * c.n * c.log_window; /* a PRE-PREPARE and n votes per seq */
     r->early_cap = early < MAX_EARLY ? (uint32_t)early : MAX_EARLY;
     r->early = calloc(r->early_cap, sizeof *r->early);
     r->h_proof = calloc(r->quorum, sizeof *r->h_proof);
@@ -1919,6 +1918,23 @@ static void step_early(pbft_replica *r)
     }
 }
 
+/* CHECKPOINTs that came above H (far_ckpt, each sender's newest) and that
+ * the window now covers count toward their checkpoint's certificate. */
+static void far_into_window(pbft_replica *r)
+{
+    for (uint32_t i = 0; i < r->n; i++) {
+        pbft_msg *m = r->far_ckpt[i];
+        if (!m || m->u.checkpoint->seq > high_mark(r))
+            continue;
+        r->far_ckpt[i] = NULL;
+        if (m->u.checkpoint->seq > r->h) {
+            on_checkpoint(r, m);
+            hold(r, m); /* the step's actions may point into it */
+        }
+        pbft_msg_unref(m);
+    }
+}
+
 /* After every step: a stable checkpoint that moved (whatever moved it: our
  * execution, a peer's CHECKPOINT, a state install, a NEW-VIEW) reopens what
  * waited for the window. */
@@ -1926,7 +1942,12 @@ static void after_window_moved(pbft_replica *r, uint64_t h_before, bool abstaine
 {
     if (r->h == h_before)
         return;
-    step_early(r);
+    uint64_t h;
+    do { /* each may move h again */
+        h = r->h;
+        far_into_window(r);
+        step_early(r);
+    } while (r->h != h);
     try_propose(r); /* a primary stopped at H goes on */
     if (abstained && !abstains_from_views(r) && r->view_changing) {
         /* A wiped replica that may vote again in a view change it sat out:

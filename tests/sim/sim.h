@@ -17,7 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* What goes wrong in a run besides the network (which misbehaves in all). */
+/* What goes wrong in a run besides the network (which misbehaves in all but calm). */
 typedef enum sim_scenario {
     SIM_SC_NET,          /* network faults only: loss, dup, reorder, delay, partitions */
     SIM_SC_CRASH,        /* correct replicas crash (some mid-step) and restart from disk */
@@ -30,6 +30,8 @@ typedef enum sim_scenario {
     SIM_SC_SILENT,       /* a replica that sends nothing */
     SIM_SC_GARBAGE,      /* random bytes, corrupted frames, absurd but signed messages */
     SIM_SC_TWINS,        /* two correct instances sharing one identity and key */
+    SIM_SC_CALM,         /* no faults at all (or f replicas down for good): no request may need a
+                            timer, each completes within check_calm_bound */
     SIM_SC_COUNT
 } sim_scenario;
 

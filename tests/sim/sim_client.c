@@ -125,6 +125,13 @@ void client_timer(sim_world *w, uint32_t idx, uint64_t gen)
     sim_client *c = &w->clients[idx];
     if (!c->outstanding || gen != c->timer_gen)
         return;
+    if (w->calm) {
+        /* Drawn above the calm bound (calm_timers): check_liveness fails first. */
+        sim_fail(w,
+                 "CALM: client %u retransmits ts %llu (issued at %llu ms) in a run without faults",
+                 c->id, (unsigned long long)c->ts, (unsigned long long)c->issued_at);
+        return;
+    }
     if (c->read_only) {
         /* No 2f+1 matching read-only answers (replicas at different states,
          * or behind our last write): fall back to an ordered GET with a new
@@ -160,6 +167,10 @@ static void next_request(sim_world *w, uint32_t idx)
 static void accept(sim_world *w, uint32_t idx, const sim_vote *v)
 {
     sim_client *c = &w->clients[idx];
+    /* check_liveness runs between events; a calm run also checks the event
+     * that completes the request, however late. */
+    if (w->calm)
+        check_liveness(w);
     if (c->read_only) {
         check_read(w, c, v);
         w->res->counters[SIM_C_READ_ONLY]++;

@@ -24,7 +24,7 @@
 #define SIM_MAX_N 7
 #define SIM_MAX_F 2
 #define SIM_MAX_INST (SIM_MAX_N + SIM_MAX_F) /* twins add one instance per twinned identity */
-#define SIM_MAX_CLIENTS 4
+#define SIM_MAX_CLIENTS 16   /* the calm scenario uses more clients than L to fill the window */
 #define SIM_CLIENT_BASE 1000 /* client ids, far from replica ids */
 #define SIM_NET_CAP 20000    /* packets in flight; beyond that the network drops (counted) */
 #define SIM_SNAPSHOTS 4      /* checkpoint snapshots kept per replica */
@@ -127,6 +127,7 @@ typedef struct sim_node {
     bool twin;    /* an instance of a twinned identity */
     bool faulty;  /* its identity is Byzantine (excluded from the checks) */
     bool up;
+    bool dead; /* calm scenario: down from the start for good (never started, not at the heal) */
     pbft_replica *r;
     pbft_signer signer;
     fb_sigcache *cache;
@@ -135,6 +136,9 @@ typedef struct sim_node {
     sim_exec exec;
     uint64_t timer_gen, timer_at;     /* pending TIMER deadline (0: none) */
     uint64_t tick_at_ms, ticks_at_ms; /* ticks stepped at one instant (livelock guard) */
+    uint64_t exec_ms;  /* calm runs: an EXECUTE finishes within this (0..exec_ms later) */
+    uint64_t exec_gen; /* generation of the pending EV_EXEC */
+    bool exec_sched;   /* an EV_EXEC is pending for exec */
     bool fetching;
     uint64_t fetch_seq, fetch_gen;
     uint8_t fetch_digest[FB_DIGEST_LEN];
@@ -192,6 +196,7 @@ typedef enum sim_ev_kind {
     EV_TWIN_SHUFFLE, /* re-draw which side each correct replica is on */
     EV_HEAL,         /* faults stop; the liveness clock starts */
     EV_BYZ_TICK,     /* a Byzantine instance acts on its own */
+    EV_EXEC,         /* calm runs: instance a's executor finishes its EXECUTE (b = generation) */
 } sim_ev_kind;
 
 typedef struct sim_pkt {
@@ -302,6 +307,7 @@ typedef struct sim_world {
     sim_client clients[SIM_MAX_CLIENTS];
     uint32_t nclients;
     uint64_t client_retx_ms, think_min_ms, think_max_ms;
+    uint64_t exec_max_ms;   /* calm runs: the slowest executor (sim_node.exec_ms) */
     uint32_t read_only_ppm; /* share of GETs sent on the read-only path */
 
     /* event queue: binary heap on (at, order) */
@@ -317,6 +323,7 @@ typedef struct sim_world {
     uint64_t link_last[SIM_MAX_INST + SIM_MAX_CLIENTS][SIM_MAX_INST + SIM_MAX_CLIENTS];
 
     /* phases */
+    bool calm; /* SIM_SC_CALM: healed from the start; the bound is check_calm_bound */
     bool healed;
     bool disk_gc; /* honour PBFT_REC_STABLE garbage collection */
     uint64_t heal_at, bound;
@@ -377,6 +384,7 @@ void node_free(sim_node *nd);
 void node_deliver(sim_world *w, sim_node *nd, const sim_pkt *pkt);
 void node_timer(sim_world *w, sim_node *nd, uint64_t gen);
 void node_fetch(sim_world *w, sim_node *nd, uint64_t gen);
+void node_exec(sim_world *w, sim_node *nd, uint64_t gen);
 /* Route a message the replica emitted (Byzantine instances mutate first). */
 void node_emit(sim_world *w, sim_node *nd, uint32_t to, const uint8_t *raw, size_t len);
 void node_sign(void *arg, const uint8_t digest[FB_DIGEST_LEN], uint8_t sig[FB_SIG_LEN]);
@@ -419,5 +427,6 @@ void check_accept(sim_world *w, sim_client *c, uint64_t ts, const uint8_t *res, 
 void check_liveness(sim_world *w);
 void check_said(sim_world *w, sim_node *nd, const pbft_msg *m);
 uint64_t check_bound(const sim_world *w);
+uint64_t check_calm_bound(const sim_world *w);
 
 #endif

@@ -154,6 +154,8 @@ void net_init(sim_world *w)
     sim_rng *r = &w->rng;
     w->delay_base = rng_range(r, 1, 5);
     w->delay_jitter = rng_range(r, 0, 15);
+    if (w->calm)
+        return; /* reliable from the start: every packet arrives within net_max_delay */
     w->loss_ppm =
         (uint32_t)(w->scenario == SIM_SC_NET ? rng_range(r, 0, 250000) : rng_range(r, 0, 100000));
     w->dup_ppm = (uint32_t)rng_range(r, 0, 50000);

@@ -39,6 +39,7 @@ static const char *const scenario_names[SIM_SC_COUNT] = {
     [SIM_SC_SILENT] = "silent",
     [SIM_SC_GARBAGE] = "garbage",
     [SIM_SC_TWINS] = "twins",
+    [SIM_SC_CALM] = "calm",
 };
 
 static const char *const fault_names[SIM_F_COUNT] = {
@@ -324,7 +325,7 @@ uint32_t sim_current_primary(sim_world *w)
 
 static bool scenario_byzantine(int sc)
 {
-    return sc >= SIM_SC_EQUIVOCATE;
+    return sc >= SIM_SC_EQUIVOCATE && sc <= SIM_SC_TWINS;
 }
 
 static uint32_t random_correct(sim_world *w)
@@ -366,15 +367,31 @@ static int setup_config(sim_world *w)
     pbft_config *c = &w->cfg;
     memset(c, 0, sizeof *c);
     c->n = w->n;
-    static const uint32_t ks[] = {4, 8, 16};
-    c->checkpoint_interval = ks[rng_below(&w->rng, 3)];
-    c->log_window = c->checkpoint_interval * (rng_below(&w->rng, 2) ? 2 : 4);
-    static const uint32_t batches[] = {1, 2, 4, 64};
-    c->batch_max_requests = batches[rng_below(&w->rng, 4)];
-    c->batch_max_delay_ms = rng_range(&w->rng, 1, 5);
-    c->request_timeout_ms = rng_range(&w->rng, 150, 400);
-    c->view_change_timeout_ms = rng_range(&w->rng, 150, 400);
-    c->retransmit_ms = rng_range(&w->rng, 40, 150);
+    if (w->calm) {
+        /* Where a missed wake-up shows: one request per batch and a window
+         * of two checkpoint intervals (max_inflight L / 2 = K), so that the
+         * primary reaches H under load and must go on once a checkpoint
+         * becomes stable.  K = 1 makes a backup's stable checkpoint lag
+         * the primary's by 2K or more (what hold_early keeps must reach
+         * H + L) and parks CHECKPOINTs above H in far_ckpt (they must
+         * count once H moves).  The timers come later (calm_timers). */
+        static const uint32_t ks[] = {1, 2, 4, 8};
+        c->checkpoint_interval = ks[rng_below(&w->rng, 4)];
+        c->log_window = c->checkpoint_interval * (rng_below(&w->rng, 4) ? 2 : 4);
+        static const uint32_t batches[] = {1, 1, 1, 2, 4, 64};
+        c->batch_max_requests = batches[rng_below(&w->rng, 6)];
+        c->batch_max_delay_ms = rng_range(&w->rng, 1, 5);
+    } else {
+        static const uint32_t ks[] = {4, 8, 16};
+        c->checkpoint_interval = ks[rng_below(&w->rng, 3)];
+        c->log_window = c->checkpoint_interval * (rng_below(&w->rng, 2) ? 2 : 4);
+        static const uint32_t batches[] = {1, 2, 4, 64};
+        c->batch_max_requests = batches[rng_below(&w->rng, 4)];
+        c->batch_max_delay_ms = rng_range(&w->rng, 1, 5);
+        c->request_timeout_ms = rng_range(&w->rng, 150, 400);
+        c->view_change_timeout_ms = rng_range(&w->rng, 150, 400);
+        c->retransmit_ms = rng_range(&w->rng, 40, 150);
+    }
     c->signer = (pbft_signer){node_sign, &w->rkeys[0]};
     char err[200] = "";
     int rc = pbft_config_check(c, err, sizeof err);
@@ -415,6 +432,97 @@ static void schedule_faults(sim_world *w)
         for (uint64_t i = rng_range(r, 1, 4); i > 0; i--)
             sim_schedule(w, rng_range(r, 100, w->heal_at - 50), EV_TWIN_SHUFFLE, 0, 0, NULL);
     sim_schedule(w, w->heal_at, EV_HEAL, 0, 0, NULL);
+}
+
+/* Calm runs: nothing goes wrong but, in half of them, f backups that are
+ * down from the start and stay down, so that every quorum needs every
+ * correct replica (one lagging replica is then on the critical path).  The
+ * primary of view 0 stays up: the view is stable. */
+static void calm_dead(sim_world *w)
+{
+    if (rng_below(&w->rng, 2))
+        return;
+    uint32_t primary = pbft_primary(0, w->n);
+    for (uint32_t k = 0; k < w->f;) {
+        uint32_t id = (uint32_t)rng_below(&w->rng, w->n);
+        if (id != primary && !w->nodes[id].dead) {
+            w->nodes[id].dead = true;
+            k++;
+        }
+    }
+}
+
+/* Every timer that can make a request progress (the client's
+ * retransmission, the backups' request timers, the replicas' periodic
+ * retransmission) is drawn between one and four times the calm bound, so
+ * that a request which needed one overruns the bound.  The replicas'
+ * retransmission runs from their start, not from when a message went
+ * missing: the further above the bound, the less often its phase lets a
+ * stall end in time.  The view-change timer never runs (no view change). */
+static void calm_timers(sim_world *w)
+{
+    uint64_t b = check_calm_bound(w);
+    w->client_retx_ms = b + rng_range(&w->rng, 1, 3 * b);
+    w->cfg.request_timeout_ms = b + rng_range(&w->rng, 1, 3 * b);
+    w->cfg.retransmit_ms = b + rng_range(&w->rng, 1, 3 * b);
+}
+
+/* Clients, the network and the phases of a run with faults. */
+static int fault_phases(sim_world *w)
+{
+    w->nclients = w->n <= 4 ? 3 : 4;
+    w->client_retx_ms = rng_range(&w->rng, 100, 300);
+    w->think_min_ms = rng_range(&w->rng, 0, 20);
+    w->think_max_ms = w->think_min_ms + rng_range(&w->rng, 10, 80);
+    w->read_only_ppm = rng_below(&w->rng, 4) ? (uint32_t)rng_range(&w->rng, 200000, 800000) : 0;
+    for (uint32_t c = 0; c < w->nclients; c++) {
+        if (client_init(w, &w->clients[c], c))
+            return FB_EINVAL;
+        w->clients[c].max_pre = (uint32_t)rng_range(&w->rng, 3, 10);
+        w->clients[c].max_post = (uint32_t)rng_range(&w->rng, 2, 4);
+    }
+    w->heal_at = rng_range(&w->rng, 1500, 4000);
+    w->disk_gc = rng_ppm(&w->rng, 750000);
+    net_init(w);
+    schedule_faults(w);
+    return 0;
+}
+
+/* A calm run is healed from the start.  More clients than L when
+ * SIM_MAX_CLIENTS allows (one outstanding request each, so the primary's
+ * window fills), or a few. */
+static int calm_phases(sim_world *w)
+{
+    uint32_t lo = w->cfg.log_window < SIM_MAX_CLIENTS ? w->cfg.log_window + 1 : SIM_MAX_CLIENTS;
+    w->nclients = (uint32_t)(rng_below(&w->rng, 8) ? rng_range(&w->rng, lo, SIM_MAX_CLIENTS)
+                                                   : rng_range(&w->rng, 1, 4));
+    w->think_min_ms = rng_range(&w->rng, 0, 5);
+    w->think_max_ms = w->think_min_ms + rng_range(&w->rng, 0, 40);
+    /* A read-only request falls back to an ordered one on the client's
+     * timer when replicas answer from different states, as designed. */
+    w->read_only_ppm = 0;
+    for (uint32_t c = 0; c < w->nclients; c++) {
+        if (client_init(w, &w->clients[c], c))
+            return FB_EINVAL;
+        w->clients[c].max_post = (uint32_t)rng_range(&w->rng, 3, 8);
+    }
+    w->heal_at = 0;
+    w->disk_gc = rng_ppm(&w->rng, 750000);
+    net_init(w);
+    /* Executors of different speeds (up to 4 D a batch; in half of the
+     * runs the primary's is instant): a slow backup's CHECKPOINT trails its
+     * votes for later batches, so a primary that ran ahead stops at H and
+     * must be woken by a peer's CHECKPOINT, not by its own execution.  A
+     * quarter of the runs execute within the step, as elsewhere. */
+    w->exec_max_ms = rng_below(&w->rng, 4) ? rng_range(&w->rng, 0, 4 * net_max_delay(w)) : 0;
+    for (uint32_t i = 0; i < w->n; i++)
+        w->nodes[i].exec_ms = rng_range(&w->rng, 0, w->exec_max_ms);
+    if (rng_below(&w->rng, 2))
+        w->nodes[pbft_primary(0, w->n)].exec_ms = 0;
+    calm_dead(w);
+    calm_timers(w);
+    sim_schedule(w, 0, EV_HEAL, 0, 0, NULL);
+    return 0;
 }
 
 static void twin_sides(sim_world *w)
@@ -458,27 +566,15 @@ static int setup(sim_world *w)
             if (w->faulty[i] && byz_init(w, &w->nodes[i]))
                 return FB_ENOMEM;
     }
-    w->nclients = w->n <= 4 ? 3 : 4;
-    w->client_retx_ms = rng_range(&w->rng, 100, 300);
-    w->think_min_ms = rng_range(&w->rng, 0, 20);
-    w->think_max_ms = w->think_min_ms + rng_range(&w->rng, 10, 80);
-    w->read_only_ppm = rng_below(&w->rng, 4) ? (uint32_t)rng_range(&w->rng, 200000, 800000) : 0;
-    for (uint32_t c = 0; c < w->nclients; c++) {
-        if (client_init(w, &w->clients[c], c))
-            return FB_EINVAL;
-        w->clients[c].max_pre = (uint32_t)rng_range(&w->rng, 3, 10);
-        w->clients[c].max_post = (uint32_t)rng_range(&w->rng, 2, 4);
-    }
-    w->heal_at = rng_range(&w->rng, 1500, 4000);
-    w->disk_gc = rng_ppm(&w->rng, 750000);
-    net_init(w);
-    schedule_faults(w);
+    if (w->calm ? calm_phases(w) : fault_phases(w))
+        return FB_EINVAL;
     for (uint32_t c = 0; c < w->nclients; c++) {
         w->clients[c].issue_pending = true;
         sim_schedule(w, rng_range(&w->rng, 0, 50), EV_CLIENT_ISSUE, c, 0, NULL);
     }
     for (uint32_t j = 0; j < w->ninst && !w->failed; j++)
-        node_start(w, &w->nodes[j], false);
+        if (!w->nodes[j].dead)
+            node_start(w, &w->nodes[j], false);
     return w->failed ? FB_EINVAL : 0;
 }
 
@@ -511,10 +607,10 @@ static void heal(sim_world *w)
     for (uint32_t j = 0; j < w->ninst && !w->failed; j++) {
         sim_node *nd = &w->nodes[j];
         nd->crash_armed = false;
-        if (!nd->up)
+        if (!nd->up && !nd->dead)
             node_start(w, nd, true);
     }
-    w->bound = check_bound(w);
+    w->bound = w->calm ? check_calm_bound(w) : check_bound(w);
     w->res->heal_ms = w->heal_at;
     w->res->bound_ms = w->bound;
     sim_trace(w, TR_HEAL, SIM_NONE, w->bound, 0, 0, 0);
@@ -575,6 +671,9 @@ static void dispatch(sim_world *w, const sim_event *ev)
     case EV_BYZ_TICK:
         byz_tick(w, &w->nodes[ev->a]);
         break;
+    case EV_EXEC:
+        node_exec(w, &w->nodes[ev->a], ev->b);
+        break;
     default:
         sim_fail(w, "harness: unknown event kind %u", ev->kind);
         break;
@@ -614,7 +713,8 @@ static void run_loop(sim_world *w)
         check_liveness(w);
         /* Every request after the heal has its own deadline (check_liveness);
          * this only stops a run whose harness lost track of a client. */
-        if (w->now > w->heal_at + 20 * w->bound)
+        if (w->now > w->heal_at + 20 * w->bound +
+                         (w->calm ? 20 * w->think_max_ms + DRAIN_MS : 0)) /* tiny calm bounds */
             sim_fail(w, "harness: the run did not finish by heal + 20 x bound");
         if (clients_stuck(w))
             sim_fail(w, "harness: a client is idle but not finished");
@@ -656,6 +756,7 @@ int sim_run(uint64_t seed, bool verbose, sim_result *out)
     w->f = pbft_f(w->n);
     w->quorum = pbft_quorum(w->n);
     w->scenario = out->scenario;
+    w->calm = w->scenario == SIM_SC_CALM;
     w->verbose = verbose;
     w->res = out;
     rng_seed(&w->rng, seed);

@@ -1267,6 +1267,48 @@ static void test_restore_behind_fetches_at_once(void **state)
     free(c);
 }
 
+/* A CHECKPOINT that came above the window (kept as its sender's newest) counts
+ * toward its certificate once the window covers it: here replica 3 needs
+ * replica 0's CHECKPOINT for 16, which came while 3's window was (0, 8]
+ * (replica 2's is lost). */
+static void test_far_checkpoint_counts_later(void **state)
+{
+    (void)state;
+    cluster *c = calloc(1, sizeof *c);
+    cluster_init(c, 4, 4, 8);
+    c->hold_ckpt[3] = true;
+    for (uint64_t ts = 1; ts <= 16; ts++) {
+        submit(c, 0, ts, false);
+        run(c);
+    }
+    assert_int_equal(status(c, 3).stable_seq, 0);
+    size_t first = c->nheld;
+    for (size_t k = 0; k < c->nheld; k++) {
+        pbft_msg *m = c->held[k].msg;
+        if (m->u.checkpoint->seq == 16 && m->sender == 0)
+            first = k;
+    }
+    assert_true(first < c->nheld);
+    wire w16 = c->held[first];
+    c->held[first] = c->held[--c->nheld];
+    c->hold_ckpt[3] = false;
+    enqueue(c, 3, w16.msg); /* beyond 3's H = 8: kept aside */
+    pbft_msg_unref(w16.msg);
+    run(c);
+    for (size_t k = 0; k < c->nheld; k++) {
+        pbft_msg *m = c->held[k].msg;
+        if (!(m->u.checkpoint->seq == 16 && m->sender == 2))
+            enqueue(c, 3, m);
+        pbft_msg_unref(m);
+    }
+    c->nheld = 0;
+    run(c);
+    assert_int_equal(status(c, 3).last_executed, 16);
+    assert_int_equal(status(c, 3).stable_seq, 16);
+    cluster_free(c);
+    free(c);
+}
+
 static void test_config_errors(void **state)
 {
     (void)state;
@@ -1309,6 +1351,7 @@ int main(void)
         cmocka_unit_test(test_fetch_failed_then_newer),
         cmocka_unit_test(test_abstain_ends_mid_view_change),
         cmocka_unit_test(test_restore_behind_fetches_at_once),
+        cmocka_unit_test(test_far_checkpoint_counts_later),
         cmocka_unit_test(test_config_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
