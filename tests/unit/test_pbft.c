@@ -700,13 +700,10 @@ static void test_restart_from_records(void **state)
     free(c);
 }
 
-/* A fetch in progress is not replaced while newer checkpoints are certified
- * (under load, restarting for each would never finish a transfer); once it is
- * installed, the newest certified checkpoint is taken up at once. */
-static void test_fetch_not_replaced(void **state)
+/* Replica 2 misses 20 requests, restarts and asks for the state, which is
+ * held (a transfer that takes a while).  Returns the next timestamp. */
+static uint64_t behind_and_fetching(cluster *c)
 {
-    (void)state;
-    cluster *c = calloc(1, sizeof *c);
     cluster_init(c, 4, 4, 8);
     c->down[2] = true;
     uint64_t ts = 1;
@@ -717,6 +714,17 @@ static void test_fetch_not_replaced(void **state)
     restart(c, 2);
     c->hold_fetch[2] = true;
     tick(c, 400);
+    return ts;
+}
+
+/* A fetch in progress is not replaced while newer checkpoints are certified
+ * (under load, restarting for each would never finish a transfer); once it is
+ * installed, the newest certified checkpoint is taken up at once. */
+static void test_fetch_not_replaced(void **state)
+{
+    (void)state;
+    cluster *c = calloc(1, sizeof *c);
+    uint64_t ts = behind_and_fetching(c);
     assert_int_equal(c->nfetches[2], 1);
     uint64_t first = c->fetches[2][0];
     assert_true(first >= 16);
@@ -1173,16 +1181,7 @@ static void test_fetch_failed_then_newer(void **state)
 {
     (void)state;
     cluster *c = calloc(1, sizeof *c);
-    cluster_init(c, 4, 4, 8);
-    c->down[2] = true;
-    uint64_t ts = 1;
-    for (; ts <= 20; ts++) {
-        submit(c, 0, ts, false);
-        run(c);
-    }
-    restart(c, 2);
-    c->hold_fetch[2] = true;
-    tick(c, 400);
+    uint64_t ts = behind_and_fetching(c);
     uint64_t first = status(c, 2).fetching_seq;
     assert_true(first >= 16);
     pbft_event ev = {.kind = PBFT_EV_FETCH_FAILED, .now_ms = c->now};
