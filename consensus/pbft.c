@@ -18,10 +18,10 @@
 #define FETCH_RETRY_MS 1000
 #define NO_DEADLINE UINT64_MAX
 
-/* One sequence number in the window (h, h + L]. */
 #define SKIPPED_PREPARE 1 /* slot.skipped bits (pbft_vote_skip) */
 #define SKIPPED_COMMIT 2
 
+/* One sequence number in the window (h, h + L]. */
 typedef struct slot {
     uint64_t seq; /* 0 = unused */
     pbft_msg *pp; /* accepted PRE-PREPARE (its view is pp_view) */
@@ -72,7 +72,7 @@ struct pbft_replica {
     ckpt *ckpts; /* [L / K + 1] */
     uint32_t nckpts;
     pbft_msg **far_ckpt; /* [n] each sender's newest CHECKPOINT above H */
-    pbft_msg **early;    /* [early_cap] PRE-PREPAREs and votes for (H, H + K], */
+    pbft_msg **early;    /* [early_cap] PRE-PREPAREs and votes for (H, H + L], */
     uint32_t nearly;     /* stepped again when the window moves (step_early) */
     uint32_t early_cap;
 
@@ -117,8 +117,6 @@ struct pbft_replica {
 };
 
 /* ------------------------------------------------------------ output */
-
-static uint64_t high_mark(const pbft_replica *r);
 
 static void reject(pbft_replica *r, pbft_reject why)
 {
@@ -704,6 +702,19 @@ static void take_checkpoint(pbft_replica *r, uint64_t seq, const uint8_t app_dig
 
 /* ------------------------------------------------------------ state transfer */
 
+/* Emit FETCH_STATE for the fetch in progress (again, every FETCH_RETRY_MS). */
+static void ask_fetch(pbft_replica *r)
+{
+    uint64_t seq = r->fetching;
+    const uint8_t *digest = r->fetch_digest;
+    r->fetch_retry_at = r->now + FETCH_RETRY_MS;
+    pbft_action *a = push(r, PBFT_ACT_FETCH_STATE);
+    a->fetch.seq = seq;
+    memcpy(a->fetch.digest, digest, FB_DIGEST_LEN);
+    a->fetch.proof = r->h == seq ? r->h_proof : NULL;
+    a->fetch.nproof = r->h == seq ? r->nh_proof : 0;
+}
+
 static void start_fetch(pbft_replica *r, uint64_t seq, const uint8_t digest[FB_DIGEST_LEN])
 {
     if (r->fetching >= seq)
@@ -711,12 +722,7 @@ static void start_fetch(pbft_replica *r, uint64_t seq, const uint8_t digest[FB_D
     r->fetching = seq;
     r->fetch_failed = false;
     memcpy(r->fetch_digest, digest, FB_DIGEST_LEN);
-    r->fetch_retry_at = r->now + FETCH_RETRY_MS;
-    pbft_action *a = push(r, PBFT_ACT_FETCH_STATE);
-    a->fetch.seq = seq;
-    memcpy(a->fetch.digest, digest, FB_DIGEST_LEN);
-    a->fetch.proof = r->h == seq ? r->h_proof : NULL;
-    a->fetch.nproof = r->h == seq ? r->nh_proof : 0;
+    ask_fetch(r);
 }
 
 static void try_execute(pbft_replica *r);
@@ -1730,13 +1736,8 @@ static void on_time(pbft_replica *r)
         r->batch_at = NO_DEADLINE;
         try_propose(r);
     }
-    if (r->fetching && r->now >= r->fetch_retry_at) {
-        uint64_t seq = r->fetching;
-        bool failed = r->fetch_failed; /* asking again does not make it servable */
-        r->fetching = 0;
-        start_fetch(r, seq, r->fetch_digest);
-        r->fetch_failed = failed;
-    }
+    if (r->fetching && r->now >= r->fetch_retry_at)
+        ask_fetch(r);
     if (r->now >= r->retransmit_at) {
         r->retransmit_at = r->now + r->cfg.retransmit_ms;
         retransmit(r);
@@ -1875,20 +1876,6 @@ void pbft_free(pbft_replica *r)
 
 static void on_message(pbft_replica *r, pbft_msg *m);
 
-static uint64_t ordering_seq(const pbft_msg *m)
-{
-    switch (m->type) {
-    case FEDBFT__MSG_TYPE__MSG_PRE_PREPARE:
-        return m->u.pre_prepare->seq;
-    case FEDBFT__MSG_TYPE__MSG_PREPARE:
-        return m->u.prepare->seq;
-    case FEDBFT__MSG_TYPE__MSG_COMMIT:
-        return m->u.commit->seq;
-    default:
-        return 0;
-    }
-}
-
 /* The window moved: step the held messages it now covers, in arrival order;
  * drop the ones at or below h; keep the ones still above H. */
 static void step_early(pbft_replica *r)
@@ -1899,7 +1886,8 @@ static void step_early(pbft_replica *r)
     r->nearly = 0;
     for (uint32_t i = 0; i < n; i++) {
         pbft_msg *m = list[i];
-        uint64_t seq = ordering_seq(m);
+        uint64_t view, seq;
+        pbft_msg_view_seq(m, &view, &seq);
         if (seq > high_mark(r)) {
             list[keep++] = m;
             continue;
@@ -1916,6 +1904,18 @@ static void step_early(pbft_replica *r)
         else
             pbft_msg_unref(list[i]);
     }
+}
+
+/* In a view change without our vote for the current target (a crash came
+ * between recording the view and voting, or we abstained): vote, if we may,
+ * and run the view-change timer. */
+static void rejoin_view_change(pbft_replica *r)
+{
+    pbft_msg *own = r->vcs[r->cfg.id];
+    if (r->view_changing && (!own || own->u.view_change->new_view != r->view) &&
+        !abstains_from_views(r))
+        vote_for_view(r);
+    arm_view_change_timer(r);
 }
 
 /* CHECKPOINTs that came above H (far_ckpt, each sender's newest) and that
@@ -1952,10 +1952,7 @@ static void after_window_moved(pbft_replica *r, uint64_t h_before, bool abstaine
     if (abstained && !abstains_from_views(r) && r->view_changing) {
         /* A wiped replica that may vote again in a view change it sat out:
          * its VIEW-CHANGE may be the one the quorum lacks. */
-        pbft_msg *own = r->vcs[r->cfg.id];
-        if (!own || own->u.view_change->new_view != r->view)
-            vote_for_view(r);
-        arm_view_change_timer(r);
+        rejoin_view_change(r);
         try_new_view(r);
     }
 }
@@ -2006,11 +2003,7 @@ const pbft_action *pbft_step(pbft_replica *r, const pbft_event *ev, size_t *nact
          * vote is made again (it is ours to make; nothing else was sent). */
         r->restored = false;
         r->retransmit_at = r->now;
-        pbft_msg *own = r->vcs[r->cfg.id];
-        if (r->view_changing && (!own || own->u.view_change->new_view != r->view) &&
-            !abstains_from_views(r))
-            vote_for_view(r);
-        arm_view_change_timer(r);
+        rejoin_view_change(r);
     } else if (r->retransmit_at == 0) {
         r->retransmit_at = r->now + r->cfg.retransmit_ms;
     }

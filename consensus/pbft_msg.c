@@ -395,6 +395,36 @@ static int walk_env(sig_walk *w, const Fedbft__Envelope *e, int want_type, int d
     return rc;
 }
 
+void pbft_msg_view_seq(const pbft_msg *m, uint64_t *view, uint64_t *seq)
+{
+    *view = *seq = 0;
+    switch (m->type) {
+    case FEDBFT__MSG_TYPE__MSG_PRE_PREPARE:
+        *view = m->u.pre_prepare->view;
+        *seq = m->u.pre_prepare->seq;
+        break;
+    case FEDBFT__MSG_TYPE__MSG_PREPARE:
+        *view = m->u.prepare->view;
+        *seq = m->u.prepare->seq;
+        break;
+    case FEDBFT__MSG_TYPE__MSG_COMMIT:
+        *view = m->u.commit->view;
+        *seq = m->u.commit->seq;
+        break;
+    case FEDBFT__MSG_TYPE__MSG_CHECKPOINT:
+        *seq = m->u.checkpoint->seq;
+        break;
+    case FEDBFT__MSG_TYPE__MSG_VIEW_CHANGE:
+        *view = m->u.view_change->new_view;
+        break;
+    case FEDBFT__MSG_TYPE__MSG_NEW_VIEW:
+        *view = m->u.new_view->view;
+        break;
+    default:
+        break;
+    }
+}
+
 int pbft_msg_signatures(const pbft_msg *m, pbft_sigref *out, size_t cap)
 {
     sig_walk w = {out, cap, 0};

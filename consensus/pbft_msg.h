@@ -106,6 +106,11 @@ void pbft_batch_digest(uint64_t nondet, pbft_msg *const *reqs, size_t nreqs,
 pbft_msg *pbft_msg_ref(pbft_msg *m);
 void pbft_msg_unref(pbft_msg *m);
 
+/* The view and sequence number a message speaks for, 0 where its type has
+ * none: PRE-PREPARE, PREPARE and COMMIT both; CHECKPOINT a seq; VIEW-CHANGE
+ * (its new view) and NEW-VIEW a view. */
+void pbft_msg_view_seq(const pbft_msg *m, uint64_t *view, uint64_t *seq);
+
 /* One signature carried by a message: the signer's replica id (or client id
  * for requests), the digest it covers and the signature bytes (copied). */
 typedef struct pbft_sigref {

@@ -328,36 +328,6 @@ static void emit(fb_node *n, out_item o)
 }
 
 /* The view and seq a logged message is about (for store GC). */
-static void msg_view_seq(const pbft_msg *m, uint64_t *view, uint64_t *seq)
-{
-    *view = *seq = 0;
-    switch (m->type) {
-    case FEDBFT__MSG_TYPE__MSG_PRE_PREPARE:
-        *view = m->u.pre_prepare->view;
-        *seq = m->u.pre_prepare->seq;
-        break;
-    case FEDBFT__MSG_TYPE__MSG_PREPARE:
-        *view = m->u.prepare->view;
-        *seq = m->u.prepare->seq;
-        break;
-    case FEDBFT__MSG_TYPE__MSG_COMMIT:
-        *view = m->u.commit->view;
-        *seq = m->u.commit->seq;
-        break;
-    case FEDBFT__MSG_TYPE__MSG_CHECKPOINT:
-        *seq = m->u.checkpoint->seq;
-        break;
-    case FEDBFT__MSG_TYPE__MSG_VIEW_CHANGE:
-        *view = m->u.view_change->new_view;
-        break;
-    case FEDBFT__MSG_TYPE__MSG_NEW_VIEW:
-        *view = m->u.new_view->view;
-        break;
-    default:
-        break;
-    }
-}
-
 static uint64_t now_us(void)
 {
     return uv_hrtime() / 1000u;
@@ -421,7 +391,7 @@ static void do_persist(fb_node *n, const pbft_record *rec)
     int rc = 0;
     if (rec->kind == PBFT_REC_MSG) {
         uint64_t view, seq;
-        msg_view_seq(rec->msg, &view, &seq);
+        pbft_msg_view_seq(rec->msg, &view, &seq);
         rc = store_batch_record(sb->b, rec->kind, rec->msg->type, view, false, seq, rec->msg->raw,
                                 rec->msg->raw_len);
         trace_persist(n, rec->msg);
@@ -982,7 +952,7 @@ static pbft_reject cheap_verdict(fb_node *n, const pbft_msg *m)
     pbft_progress st;
     pbft_get_progress(n->replica, &st);
     uint64_t view = 0, seq = 0;
-    msg_view_seq(m, &view, &seq);
+    pbft_msg_view_seq(m, &view, &seq);
     switch (m->type) {
     case FEDBFT__MSG_TYPE__MSG_PRE_PREPARE:
     case FEDBFT__MSG_TYPE__MSG_PREPARE:

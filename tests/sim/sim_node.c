@@ -175,40 +175,21 @@ void node_sign(void *arg, const uint8_t digest[FB_DIGEST_LEN], uint8_t sig[FB_SI
     fb_sig_sign((const fb_identity *)arg, digest, sig);
 }
 
+/* pbft_msg_view_seq's seq, and a REQUEST's timestamp (for traces). */
 uint64_t msg_seq_of(const pbft_msg *m)
 {
-    switch (m->type) {
-    case FEDBFT__MSG_TYPE__MSG_PRE_PREPARE:
-        return m->u.pre_prepare->seq;
-    case FEDBFT__MSG_TYPE__MSG_PREPARE:
-        return m->u.prepare->seq;
-    case FEDBFT__MSG_TYPE__MSG_COMMIT:
-        return m->u.commit->seq;
-    case FEDBFT__MSG_TYPE__MSG_CHECKPOINT:
-        return m->u.checkpoint->seq;
-    case FEDBFT__MSG_TYPE__MSG_REQUEST:
+    if (m->type == FEDBFT__MSG_TYPE__MSG_REQUEST)
         return m->u.request->timestamp;
-    default:
-        return 0;
-    }
+    uint64_t view, seq;
+    pbft_msg_view_seq(m, &view, &seq);
+    return seq;
 }
 
 uint64_t msg_view_of(const pbft_msg *m)
 {
-    switch (m->type) {
-    case FEDBFT__MSG_TYPE__MSG_PRE_PREPARE:
-        return m->u.pre_prepare->view;
-    case FEDBFT__MSG_TYPE__MSG_PREPARE:
-        return m->u.prepare->view;
-    case FEDBFT__MSG_TYPE__MSG_COMMIT:
-        return m->u.commit->view;
-    case FEDBFT__MSG_TYPE__MSG_VIEW_CHANGE:
-        return m->u.view_change->new_view;
-    case FEDBFT__MSG_TYPE__MSG_NEW_VIEW:
-        return m->u.new_view->view;
-    default:
-        return 0;
-    }
+    uint64_t view, seq;
+    pbft_msg_view_seq(m, &view, &seq);
+    return view;
 }
 
 static bool seq_typed(int type)
