@@ -6,6 +6,7 @@
 #include "admin.h"
 #include "fb_error.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -367,6 +368,49 @@ static int proc_ticks(const char *pid, uint64_t *ticks)
     return 0;
 }
 
+/* utime + stime of every thread of pid, by kind (the thread's name). */
+static int proc_thread_ticks(pid_t pid, uint64_t ticks[BENCH_THREAD_KINDS])
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    if (!d)
+        return -1;
+    memset(ticks, 0, BENCH_THREAD_KINDS * sizeof *ticks);
+    int found = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        char *end;
+        long tid = strtol(e->d_name, &end, 10);
+        if (*end || tid <= 0)
+            continue;
+        char task[96], buf[1024];
+        snprintf(task, sizeof task, "/proc/%d/task/%ld/stat", (int)pid, tid);
+        FILE *fp = fopen(task, "re");
+        if (!fp)
+            continue; /* the thread ended meanwhile */
+        size_t len = fread(buf, 1, sizeof buf - 1, fp);
+        fclose(fp);
+        buf[len] = '\0';
+        const char *open = strchr(buf, '('), *close = strrchr(buf, ')');
+        unsigned long long utime, stime;
+        if (!open || !close || close < open ||
+            sscanf(close + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime,
+                   &stime) != 2)
+            continue;
+        size_t nlen = (size_t)(close - open - 1);
+        bench_thread_kind k =
+            tid == pid                                           ? BENCH_THREAD_LOOP
+            : nlen >= 9 && memcmp(open + 1, "fb-verify", 9) == 0 ? BENCH_THREAD_VERIFY
+            : nlen == 8 && memcmp(open + 1, "fb-store", 8) == 0  ? BENCH_THREAD_STORE
+                                                                 : BENCH_THREAD_OTHER;
+        ticks[k] += utime + stime;
+        found++;
+    }
+    closedir(d);
+    return found ? 0 : -1;
+}
+
 /* VmRSS and VmHWM (KiB) from /proc/PID/status. */
 static int proc_memory(const char *pid, uint64_t *rss, uint64_t *hwm)
 {
@@ -443,6 +487,34 @@ static bool metric_sum(json_t *m, const char *name, double *out)
     return found;
 }
 
+const char *const bench_phase_names[BENCH_PHASES] = {"pre_prepared", "prepared", "committed",
+                                                     "executed", "replied"};
+
+/* The sum and count of histogram `key` (the metric with its labels). */
+static bool hist_total(json_t *m, const char *key, bench_hist_total *out)
+{
+    json_t *h = json_object_get(m, key);
+    json_t *sum = json_object_get(h, "sum"), *count = json_object_get(h, "count");
+    if (!json_is_object(h) || !json_is_number(sum) || !json_is_number(count))
+        return false;
+    out->sum = json_number_value(sum);
+    out->count = json_number_value(count);
+    return true;
+}
+
+static void sample_timing(json_t *m, bench_node_sample *s)
+{
+    bool ok = hist_total(m, "fedbft_verify_job_seconds", &s->verify_job) &&
+              hist_total(m, "fedbft_store_commit_seconds", &s->store_commit);
+    for (int p = 0; p < BENCH_PHASES; p++) {
+        char key[96];
+        snprintf(key, sizeof key, "fedbft_request_phase_seconds{phase=\"%s\"}",
+                 bench_phase_names[p]);
+        ok &= hist_total(m, key, &s->phase[p]);
+    }
+    s->have_timing = ok;
+}
+
 static void sample_metrics(const bench_nodes *nd, uint32_t i, bench_node_sample *s)
 {
     char sock[BENCH_PATH_MAX + 32], err[256];
@@ -467,6 +539,7 @@ static void sample_metrics(const bench_nodes *nd, uint32_t i, bench_node_sample 
         s->batch_count = json_number_value(json_object_get(b, "count"));
         s->batch_sum = json_number_value(json_object_get(b, "sum"));
     }
+    sample_timing(m, s);
     json_decref(m);
 }
 
@@ -479,6 +552,7 @@ static void sample_proc(const bench_nodes *nd, uint32_t i, bench_node_sample *s)
     snprintf(p, sizeof p, "%d", (int)pid);
     s->have_proc =
         proc_ticks(p, &s->cpu_ticks) == 0 && proc_memory(p, &s->rss_kib, &s->hwm_kib) == 0;
+    s->have_threads = s->have_proc && proc_thread_ticks(pid, s->thread_ticks) == 0;
 }
 
 void bench_nodes_sample(const bench_nodes *nd, bench_sample *out)

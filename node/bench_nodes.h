@@ -52,14 +52,39 @@ typedef struct bench_nodes {
     bool node_dirs; /* dir has node<i>/ for every replica */
 } bench_nodes;
 
+/* Where a node's CPU goes, by thread (/proc/PID/task/TID: the loop is the
+ * main thread; the node names the others, see batchver.c and store.c). */
+typedef enum bench_thread_kind {
+    BENCH_THREAD_LOOP,   /* the libuv loop: network, framing, consensus steps */
+    BENCH_THREAD_VERIFY, /* "fb-verify<i>": the batch verifier's workers */
+    BENCH_THREAD_STORE,  /* "fb-store": sqlite */
+    BENCH_THREAD_OTHER,  /* inference, libuv's pool, anything else */
+    BENCH_THREAD_KINDS
+} bench_thread_kind;
+
+/* The request phases a node times (fedbft_request_phase_seconds{phase=...},
+ * each from the phase before it), in order. */
+#define BENCH_PHASES 5
+extern const char *const bench_phase_names[BENCH_PHASES];
+
+/* A histogram's running sum and count, as a node's metrics report them. */
+typedef struct bench_hist_total {
+    double sum, count;
+} bench_hist_total;
+
 /* One node at one moment.  have_metrics: its admin socket answered. */
 typedef struct bench_node_sample {
-    bool have_metrics, have_sigs_verified, have_batch, have_proc;
+    bool have_metrics, have_sigs_verified, have_batch, have_proc, have_threads, have_timing;
     double view_changes, view;
     double sigs_verified; /* fedbft_signatures_verified_total (all series summed) */
     double sig_misses;    /* fedbft_sigcache_misses_total */
     double batch_count, batch_sum;
     uint64_t cpu_ticks; /* utime + stime, in clock ticks */
+    uint64_t thread_ticks[BENCH_THREAD_KINDS];
+    /* have_timing: the phases, the verification job time
+     * (fedbft_verify_job_seconds) and the store commit time
+     * (fedbft_store_commit_seconds). */
+    bench_hist_total phase[BENCH_PHASES], verify_job, store_commit;
     uint64_t rss_kib, hwm_kib;
 } bench_node_sample;
 

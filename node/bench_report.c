@@ -100,6 +100,44 @@ static bool both(const bench_sample *a, const bench_sample *b, uint32_t i)
     return a && b && a->taken && b->taken && i < a->n && i < b->n;
 }
 
+/* A node's CPU by thread kind over the window, in % of one core. */
+static json_t *threads_json(const bench_node_sample *x, const bench_node_sample *y, double dt)
+{
+    static const char *names[BENCH_THREAD_KINDS] = {"loop", "verify", "store", "other"};
+    if (!x->have_threads || !y->have_threads || dt <= 0)
+        return json_null();
+    double hz = (double)sysconf(_SC_CLK_TCK);
+    json_t *o = json_object();
+    for (int k = 0; k < BENCH_THREAD_KINDS; k++) {
+        /* a thread that ended takes its ticks along: never below zero */
+        double d = y->thread_ticks[k] >= x->thread_ticks[k]
+                       ? (double)(y->thread_ticks[k] - x->thread_ticks[k])
+                       : 0;
+        json_object_set_new(o, names[k], json_real(d / hz / dt * 100));
+    }
+    return o;
+}
+
+/* The mean of a histogram over the window, in ms; null if nothing was timed. */
+static json_t *mean_ms(bench_hist_total a, bench_hist_total b)
+{
+    double n = b.count - a.count;
+    return n > 0 ? json_real((b.sum - a.sum) / n * 1e3) : json_null();
+}
+
+/* A node's time per hand-off and per request phase over the window. */
+static json_t *timing_json(const bench_node_sample *x, const bench_node_sample *y)
+{
+    if (!x->have_timing || !y->have_timing)
+        return json_null();
+    json_t *phases = json_object();
+    for (int p = 0; p < BENCH_PHASES; p++)
+        json_object_set_new(phases, bench_phase_names[p], mean_ms(x->phase[p], y->phase[p]));
+    return json_pack("{s:o,s:o,s:o}", "verify_job_ms", mean_ms(x->verify_job, y->verify_job),
+                     "store_commit_ms", mean_ms(x->store_commit, y->store_commit), "phase_ms",
+                     phases);
+}
+
 /* Per-node CPU, memory and verifications over the window. */
 static json_t *nodes_json(const bench_run *r, bool use_verified)
 {
@@ -118,10 +156,13 @@ static json_t *nodes_json(const bench_run *r, bool use_verified)
                           : 0;
         json_array_append_new(
             arr,
-            json_pack("{s:i,s:o,s:o,s:o,s:o}", "id", (int)i, "cpu_percent", num_or_null(proc, cpu),
-                      "rss_mib", num_or_null(proc, (double)(proc ? y->rss_kib : 0) / 1024),
-                      "rss_peak_mib", num_or_null(proc, (double)(proc ? y->hwm_kib : 0) / 1024),
-                      "signatures_verified", count_or_null(met, sigs)));
+            json_pack("{s:i,s:o,s:o,s:o,s:o,s:o,s:o}", "id", (int)i, "cpu_percent",
+                      num_or_null(proc, cpu), "rss_mib",
+                      num_or_null(proc, (double)(proc ? y->rss_kib : 0) / 1024), "rss_peak_mib",
+                      num_or_null(proc, (double)(proc ? y->hwm_kib : 0) / 1024),
+                      "signatures_verified", count_or_null(met, sigs), "threads_cpu_percent",
+                      proc ? threads_json(x, y, dt) : json_null(), "timing",
+                      ok ? timing_json(x, y) : json_null()));
     }
     return arr;
 }
@@ -336,6 +377,53 @@ static void print_nodes(FILE *out, json_t *rec)
     }
 }
 
+/* Where each node's CPU and each request's time went. */
+static void print_where(FILE *out, json_t *rec)
+{
+    json_t *nodes = json_object_get(rec, "nodes"), *nd;
+    size_t i;
+    bool threads = false, timing = false;
+    json_array_foreach(nodes, i, nd)
+    {
+        threads |= json_is_object(json_object_get(nd, "threads_cpu_percent"));
+        timing |= json_is_object(json_object_get(nd, "timing"));
+    }
+    if (threads) {
+        fprintf(out, "threads       %-5s %-8s %-8s %-8s %-8s (cpu%% of one core, by thread)\n",
+                "node", "loop", "verify", "store", "other");
+        json_array_foreach(nodes, i, nd)
+        {
+            json_t *t = json_object_get(nd, "threads_cpu_percent");
+            if (!json_is_object(t))
+                continue;
+            fprintf(out, "              %-5zu %-8.1f %-8.1f %-8.1f %-8.1f\n", i, jnum(t, "loop"),
+                    jnum(t, "verify"), jnum(t, "store"), jnum(t, "other"));
+        }
+    }
+    if (!timing)
+        return;
+    fprintf(out, "timing        %-5s %-9s %-9s| %-9s %-9s %-9s %-9s %s\n", "node", "verify",
+            "store", "pre-prep", "prepared", "committed", "executed", "replied");
+    json_array_foreach(nodes, i, nd)
+    {
+        json_t *t = json_object_get(nd, "timing");
+        if (!json_is_object(t))
+            continue;
+        char v[7][16];
+        const char *keys[7] = {"verify_job_ms",     "store_commit_ms",    "phase_ms.pre_prepared",
+                               "phase_ms.prepared", "phase_ms.committed", "phase_ms.executed",
+                               "phase_ms.replied"};
+        for (int k = 0; k < 7; k++)
+            fmt_us(jnum(t, keys[k]) * 1e3, v[k], sizeof v[k]);
+        fprintf(out, "              %-5zu %-9s %-9s| %-9s %-9s %-9s %-9s %s\n", i, v[0], v[1], v[2],
+                v[3], v[4], v[5], v[6]);
+    }
+    fprintf(out, "              (means: a verification job from the turn's end to its messages "
+                 "stepped, a store\n              commit from submission to completion | each "
+                 "request phase from the one before;\n              a phase a replica never "
+                 "sees is n/a: only the primary receives requests)\n");
+}
+
 static void print_signatures(FILE *out, json_t *rec)
 {
     json_t *s = json_object_get(rec, "signatures");
@@ -403,6 +491,7 @@ void bench_report_text(FILE *out, json_t *rec)
     if (isfinite(jnum(rec, "bench_cpu_percent")))
         fprintf(out, "bench client  cpu %.1f%% (all clients, one thread, this machine)\n",
                 jnum(rec, "bench_cpu_percent"));
+    print_where(out, rec);
     print_signatures(out, rec);
 }
 

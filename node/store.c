@@ -704,6 +704,7 @@ int store_open(const char *dir, cfg_durability durability, store_wake_fn wake, v
         return fb_errf(err, errlen, FB_EIO, "store: cannot start the store thread");
     }
     s->thread_started = true;
+    pthread_setname_np(s->thread, "fb-store"); /* for top -H, perf, `fedbft bench` */
     *out = s;
     return 0;
 }

@@ -110,6 +110,14 @@ check "the verification bound is computed" json_check "$tmp/run.json" \
     's["verify_us"] > 0 and s["verifications_per_op"] > 0 and s["bound_ops_s"] > 0 and 0 < s["fraction_of_bound"] and s["protocol_min_per_op"] > 4'
 check "Ed25519 is timed on every core before and after the load; the bound uses the mean" json_check "$tmp/run.json" \
     's["verify_threads"] == c["cores"] and s["verify_us_before"] > 0 and s["verify_us_after"] > 0 and abs(s["verify_us"] - (s["verify_us_before"] + s["verify_us_after"]) / 2) < 1e-6'
+check "every node's CPU splits by thread (loop, verifier, store) and adds up to its CPU%" \
+    json_check "$tmp/run.json" \
+    'all(t["loop"] > 0 and t["verify"] > 0 and t["store"] > 0 and abs(sum(t.values()) - n["cpu_percent"]) <= max(3, 0.15 * n["cpu_percent"]) for n in r["nodes"] for t in [n["threads_cpu_percent"]])'
+check "every node times its verification jobs, store commits and request phases" \
+    json_check "$tmp/run.json" \
+    'all(t["verify_job_ms"] > 0 and t["store_commit_ms"] > 0 and all(t["phase_ms"][p] > 0 for p in ("prepared", "committed", "executed")) for n in r["nodes"] for t in [n["timing"]])'
+check "only the primary (node 0) sees requests arrive" json_check "$tmp/run.json" \
+    'r["nodes"][0]["timing"]["phase_ms"]["pre_prepared"] > 0'
 check "status lines went to stderr, not into the JSON" grep -q "starting 4 replicas" "$tmp/run.err"
 check "nothing left after the run" no_leftovers
 
@@ -176,6 +184,9 @@ check "--ablation=verify --rounds 2 --json exits 0" test $? -eq 0
 check "... each row is the median of 2 rounds, with both rounds' throughput" \
     json_check "$tmp/abl3.json" \
     '[x["label"] for x in r] == ["default", "verify inline"] and all(x["rounds"] == 2 and len(x["round_throughputs_ops_s"]) == 2 and min(x["round_throughputs_ops_s"]) <= x["throughput_ops_s"] <= max(x["round_throughputs_ops_s"]) for x in r)'
+check "... verifier threads work in the default row, none exist when verifying inline" \
+    json_check "$tmp/abl3.json" \
+    'all(n["threads_cpu_percent"]["verify"] > 0 for n in r[0]["nodes"]) and all(n["threads_cpu_percent"]["verify"] == 0 and n["threads_cpu_percent"]["loop"] > 0 for n in r[1]["nodes"])'
 check "nothing left after the rounds" no_leftovers
 
 # ---- a run interrupted by SIGINT stops and removes its cluster

@@ -108,6 +108,20 @@ check "cluster.json matches the new key" test "${v[0]:-}" = "$new_pk"
 check "--durability os reaches node.json" test "$(json "$d/node2/node.json" "j['durability']")" = os
 check "--clients 0 lists no clients" test "${v[1]:-}" = 0
 check "--base-port defaults to 7000" test "${v[2]:-}" = 7003
+# Nodes on one host share its CPUs: each gets an equal share of verifier
+# threads, at least 1 (the host's usable CPUs, narrowed like nproc's).
+share=$(( $(nproc) / 4 ))
+[ "$share" -ge 1 ] || share=1
+w=$(json "$d/node1/node.json" "j['worker_threads']")
+check "one host: worker_threads is at least 1 and at most nproc/4 (got $w)" \
+    test "$w" -ge 1 -a "$w" -le "$share"
+"$FEDBFT" cluster init --nodes 4 --dir "$tmp/w3" --model none --worker-threads 3 > /dev/null 2>&1
+check "--worker-threads 3 reaches node.json" \
+    test "$(json "$tmp/w3/node3/node.json" "j['worker_threads']")" = 3
+"$FEDBFT" cluster init --nodes 4 --dir "$tmp/wh" --model none \
+    --hosts 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4 > /dev/null 2>&1
+check "--hosts: worker_threads 0 (each node sizes its pool where it runs)" \
+    test "$(json "$tmp/wh/node0/node.json" "j['worker_threads']")" = 0
 check "client ports default to 7100+i" test "${v[3]:-}" = 7103
 
 # defaults: 8 clients; --host
@@ -142,6 +156,7 @@ bad "init --base-port 70000" "--base-port 70000" init --nodes 4 --dir "$tmp/bad"
 bad "init --base-port too high for N" "too high" init --nodes 4 --dir "$tmp/bad" --base-port 65500
 bad "init --clients -1" "--clients -1" init --nodes 4 --dir "$tmp/bad" --clients -1
 bad "init --durability bogus" "fsync or os" init --nodes 4 --dir "$tmp/bad" --durability bogus
+bad "init --worker-threads x" "must be 0..1024" init --nodes 4 --dir "$tmp/bad" --worker-threads x
 bad "init --host with a space" "--host" init --nodes 4 --dir "$tmp/bad" --host "a b"
 bad "init with an unknown option" "--bogus: unknown option" init --nodes 4 --dir "$tmp/bad" --bogus
 bad "init with a stray argument" "unexpected argument" init --nodes 4 --dir "$tmp/bad" extra
