@@ -9,9 +9,12 @@
  *                                         undo_floor, install_seq (-1 = none)
  *   records(id INTEGER PRIMARY KEY, kind, msg_type, view, changing, seq, raw)
  *   kv(key BLOB PRIMARY KEY, value BLOB)  the replicated state
- *   undo(key, seq, old, PRIMARY KEY(key, seq))
+ *   undo(seq, key, old, PRIMARY KEY(seq, key)) WITHOUT ROWID
  *                                         old = the value before the first
- *                                         change of key at seq (NULL = absent)
+ *                                         change of key at seq (NULL = absent);
+ *                                         in seq order: batches append, the GC
+ *                                         cuts a prefix (version 1: (key, seq)
+ *                                         and an index on seq; upgraded at open)
  *   clients(id INTEGER PRIMARY KEY, last_ts, seq, reply)
  *   staging(key BLOB PRIMARY KEY, value BLOB)  state being installed
  * Unsigned 64-bit numbers are stored as their int64 bit pattern.
@@ -27,7 +30,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define STORE_SCHEMA_VERSION 1
+#define STORE_SCHEMA_VERSION 2
 #define STORE_MAX_KEY 1024               /* bytes */
 #define STORE_MAX_VALUE (1024 * 1024)    /* bytes */
 #define STORE_CHUNK_MAX_BYTES (2u << 20) /* a chunk holds at least one pair, else at most this */

@@ -1443,6 +1443,68 @@ static void test_state_chunk_at_old_checkpoint(void **state)
     model_free(&at5);
 }
 
+/* The first column of the first row of sql, run on the closed store's file. */
+static int64_t sql_int_on_file(fx *f, const char *sql)
+{
+    char path[128];
+    db_file(f, path, sizeof path);
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    int64_t v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+/* A version 1 store (undo keyed by (key, seq), an index on seq) is upgraded
+ * when opened, undo rows and all: the old checkpoint is still servable. */
+static void test_upgrade_from_v1(void **state)
+{
+    fx *f = *state;
+    model now = {0}, at5 = {0};
+    build_history(f, &now, &at5);
+    fx_close(f);
+    int64_t undo_rows = sql_int_on_file(f, "SELECT count(*) FROM undo");
+    assert_true(undo_rows > 0);
+    sql_on_file(f, "BEGIN;"
+                   "CREATE TABLE undo_old (key BLOB NOT NULL, seq INTEGER NOT NULL, old BLOB,"
+                   " PRIMARY KEY (key, seq));"
+                   "CREATE INDEX undo_seq ON undo_old(seq);"
+                   "INSERT INTO undo_old SELECT key, seq, old FROM undo;"
+                   "DROP TABLE undo;"
+                   "ALTER TABLE undo_old RENAME TO undo;"
+                   "UPDATE meta SET v = 1 WHERE k = 'schema_version';"
+                   "COMMIT;");
+    assert_int_equal(sql_int_on_file(f, "SELECT v FROM meta WHERE k = 'schema_version'"), 1);
+
+    fx_open(f, CFG_DURABILITY_OS);
+    uint8_t **chunks;
+    size_t *lens;
+    uint32_t count;
+    read_chunks(f, 5, &at5, &chunks, &lens, &count);
+    free_chunks(chunks, lens, count);
+    read_chunks(f, 8, &now, &chunks, &lens, &count);
+    free_chunks(chunks, lens, count);
+    fx_close(f);
+    assert_int_equal(sql_int_on_file(f, "SELECT v FROM meta WHERE k = 'schema_version'"), 2);
+    assert_int_equal(sql_int_on_file(f, "SELECT count(*) FROM undo"), undo_rows);
+    assert_int_equal(sql_int_on_file(f, "SELECT count(*) FROM sqlite_master WHERE name IN "
+                                        "('undo_v1', 'undo_seq')"),
+                     0);
+    /* Keyed by (seq, key) now, without a rowid. */
+    assert_int_equal(
+        sql_int_on_file(f, "SELECT pk FROM pragma_table_info('undo') WHERE name = 'seq'"), 1);
+    assert_int_equal(sql_int_on_file(f, "SELECT wr FROM pragma_table_list WHERE name = 'undo'"), 1);
+    fx_open(f, CFG_DURABILITY_OS); /* opens again without upgrading */
+    read_chunks(f, 5, &at5, &chunks, &lens, &count);
+    free_chunks(chunks, lens, count);
+    model_free(&now);
+    model_free(&at5);
+}
+
 static void test_state_chunk_byte_bound(void **state)
 {
     fx *f = *state;
@@ -2054,6 +2116,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unknown_schema_and_foreign_db, setup, teardown),
         cmocka_unit_test_setup_teardown(test_second_process_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_state_chunk_at_old_checkpoint, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_upgrade_from_v1, setup, teardown),
         cmocka_unit_test_setup_teardown(test_state_chunk_byte_bound, setup, teardown),
         cmocka_unit_test_setup_teardown(test_install, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stable_keep, setup, teardown),
