@@ -345,27 +345,36 @@ static uint64_t mono_us(void)
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
-/* utime + stime of a process (or "self"), from /proc/PID/stat. */
-static int proc_ticks(const char *pid, uint64_t *ticks)
+/* utime + stime from a /proc stat file (a process's or a thread's), and the
+ * command name between its parentheses (may hold anything) if name is set. */
+static int stat_ticks(const char *path, char *name, size_t namecap, uint64_t *ticks)
 {
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%s/stat", pid);
+    char buf[1024];
     FILE *fp = fopen(path, "re");
     if (!fp)
         return -1;
     size_t len = fread(buf, 1, sizeof buf - 1, fp);
     fclose(fp);
     buf[len] = '\0';
-    /* Fields after the command name, which is in parentheses and may hold
-     * anything: state is field 3, utime 14, stime 15. */
-    const char *p = strrchr(buf, ')');
-    if (!p)
-        return -1;
+    /* Fields after the command name: state is field 3, utime 14, stime 15. */
+    const char *open = strchr(buf, '('), *close = strrchr(buf, ')');
     unsigned long long utime, stime;
-    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
+    if (!open || !close || close < open ||
+        sscanf(close + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime,
+               &stime) != 2)
         return -1;
+    if (name)
+        snprintf(name, namecap, "%.*s", (int)(close - open - 1), open + 1);
     *ticks = utime + stime;
     return 0;
+}
+
+/* utime + stime of a process (or "self"), from /proc/PID/stat. */
+static int proc_ticks(const char *pid, uint64_t *ticks)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%s/stat", pid);
+    return stat_ticks(path, NULL, 0, ticks);
 }
 
 /* utime + stime of every thread of pid, by kind (the thread's name). */
@@ -380,31 +389,19 @@ static int proc_thread_ticks(pid_t pid, uint64_t ticks[BENCH_THREAD_KINDS])
     int found = 0;
     struct dirent *e;
     while ((e = readdir(d))) {
-        char *end;
+        char *end, task[96], name[32];
         long tid = strtol(e->d_name, &end, 10);
+        uint64_t t;
         if (*end || tid <= 0)
             continue;
-        char task[96], buf[1024];
         snprintf(task, sizeof task, "/proc/%d/task/%ld/stat", (int)pid, tid);
-        FILE *fp = fopen(task, "re");
-        if (!fp)
+        if (stat_ticks(task, name, sizeof name, &t) != 0)
             continue; /* the thread ended meanwhile */
-        size_t len = fread(buf, 1, sizeof buf - 1, fp);
-        fclose(fp);
-        buf[len] = '\0';
-        const char *open = strchr(buf, '('), *close = strrchr(buf, ')');
-        unsigned long long utime, stime;
-        if (!open || !close || close < open ||
-            sscanf(close + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime,
-                   &stime) != 2)
-            continue;
-        size_t nlen = (size_t)(close - open - 1);
-        bench_thread_kind k =
-            tid == pid                                           ? BENCH_THREAD_LOOP
-            : nlen >= 9 && memcmp(open + 1, "fb-verify", 9) == 0 ? BENCH_THREAD_VERIFY
-            : nlen == 8 && memcmp(open + 1, "fb-store", 8) == 0  ? BENCH_THREAD_STORE
-                                                                 : BENCH_THREAD_OTHER;
-        ticks[k] += utime + stime;
+        bench_thread_kind k = tid == pid                           ? BENCH_THREAD_LOOP
+                              : strncmp(name, "fb-verify", 9) == 0 ? BENCH_THREAD_VERIFY
+                              : strcmp(name, "fb-store") == 0      ? BENCH_THREAD_STORE
+                                                                   : BENCH_THREAD_OTHER;
+        ticks[k] += t;
         found++;
     }
     closedir(d);
