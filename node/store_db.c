@@ -353,6 +353,21 @@ static int count_rows(store_db *d, const char *sql, int64_t *out)
     return rc;
 }
 
+/* Run a script that is one transaction (BEGIN ... COMMIT); on a failure
+ * roll back what it began. */
+static int exec_script(store_db *d, const char *sql, const char *what)
+{
+    char *msg = NULL;
+    int rc = sqlite3_exec(d->db, sql, NULL, NULL, &msg);
+    sqlite3_free(msg);
+    if (rc == SQLITE_OK)
+        return 0;
+    rc = store_db_fail(d, rc, what);
+    if (!sqlite3_get_autocommit(d->db))
+        sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
+    return rc;
+}
+
 /* A new file: tables, the initial meta rows (empty state: zero lanes) and
  * the application id, in one transaction. */
 static int create_schema(store_db *d)
@@ -366,20 +381,10 @@ static int create_schema(store_db *d)
              "PRAGMA application_id=%d;"
              "COMMIT;",
              schema_sql, STORE_SCHEMA_VERSION, LTHASH_BYTES, STORE_APP_ID);
-    char *msg = NULL;
-    int rc = sqlite3_exec(d->db, sql, NULL, NULL, &msg);
-    sqlite3_free(msg);
-    if (rc != SQLITE_OK) {
-        rc = store_db_fail(d, rc, "creating the schema");
-        if (!sqlite3_get_autocommit(d->db))
-            sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
-        return rc;
-    }
-    return store_db_meta_load(d);
+    int rc = exec_script(d, sql, "creating the schema");
+    return rc ? rc : store_db_meta_load(d);
 }
 
-/* Create the schema in a new file; refuse a file that is sqlite but not ours,
- * or ours at a schema version this build does not know. */
 /* Version 1 to 2: the undo table re-keyed by (seq, key), in one transaction
  * (a crash leaves version 1 whole, and the next start upgrades again). */
 static int migrate_v1(store_db *d)
@@ -391,17 +396,11 @@ static int migrate_v1(store_db *d)
                               "DROP TABLE undo_v1;"
                               "UPDATE meta SET v = 2 WHERE k = 'schema_version';"
                               "COMMIT;";
-    char *msg = NULL;
-    int rc = sqlite3_exec(d->db, sql, NULL, NULL, &msg);
-    sqlite3_free(msg);
-    if (rc != SQLITE_OK) {
-        rc = store_db_fail(d, rc, "upgrading the schema");
-        if (!sqlite3_get_autocommit(d->db))
-            sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
-    }
-    return rc;
+    return exec_script(d, sql, "upgrading the schema");
 }
 
+/* Create the schema in a new file; refuse a file that is sqlite but not ours,
+ * or ours at a schema version this build does not know (upgrading version 1). */
 static int ensure_schema(store_db *d, char *err, size_t errlen)
 {
     int64_t has_meta = 0, tables = 0, app_id = 0, version = 0;
