@@ -379,6 +379,16 @@ static void submit(cluster *c, uint32_t client, uint64_t ts, bool read_only)
     pbft_msg_unref(m);
 }
 
+/* Client `client` writes timestamps from..to, one at a time, each run until
+ * the cluster is quiet. */
+static void write_each(cluster *c, uint32_t client, uint64_t from, uint64_t to)
+{
+    for (uint64_t ts = from; ts <= to; ts++) {
+        submit(c, client, ts, false);
+        run(c);
+    }
+}
+
 static pbft_status status(cluster *c, uint32_t i)
 {
     pbft_status st;
@@ -597,10 +607,7 @@ static void test_window_reopens_on_stable_checkpoint(void **state)
     for (uint32_t i = 0; i < 4; i++)
         restart(c, i);
     c->hold_ckpt[0] = true; /* the primary hears no peer's CHECKPOINT */
-    for (uint64_t ts = 1; ts <= 9; ts++) {
-        submit(c, 0, ts, false);
-        run(c);
-    }
+    write_each(c, 0, 1, 9);
     pbft_status st = status(c, 0);
     assert_int_equal(st.last_executed, 8);
     assert_int_equal(st.stable_seq, 0); /* seq 9 lies beyond H: request 9 waits */
@@ -679,15 +686,9 @@ static void test_restart_from_records(void **state)
     (void)state;
     cluster *c = calloc(1, sizeof *c);
     cluster_init(c, 4, 4, 8);
-    for (uint64_t ts = 1; ts <= 6; ts++) {
-        submit(c, 0, ts, false);
-        run(c);
-    }
+    write_each(c, 0, 1, 6);
     c->down[2] = true;
-    for (uint64_t ts = 7; ts <= 30; ts++) {
-        submit(c, 0, ts, false);
-        run(c);
-    }
+    write_each(c, 0, 7, 30);
     restart(c, 2);
     for (int k = 0; k < 10; k++)
         tick(c, 400);
@@ -706,11 +707,8 @@ static uint64_t behind_and_fetching(cluster *c)
 {
     cluster_init(c, 4, 4, 8);
     c->down[2] = true;
-    uint64_t ts = 1;
-    for (; ts <= 20; ts++) {
-        submit(c, 0, ts, false);
-        run(c);
-    }
+    write_each(c, 0, 1, 20);
+    uint64_t ts = 21;
     restart(c, 2);
     c->hold_fetch[2] = true;
     tick(c, 400);
@@ -764,11 +762,8 @@ static void test_view_change_waits_for_live_view(void **state)
     (void)state;
     cluster *c = calloc(1, sizeof *c);
     cluster_init(c, 4, 4, 8);
-    uint64_t ts = 1;
-    for (; ts <= 3; ts++) {
-        submit(c, 0, ts, false);
-        run(c);
-    }
+    write_each(c, 0, 1, 3);
+    uint64_t ts = 4;
     /* The primary is cut off: nothing it sends arrives; the others change
      * view, and it joins on their VIEW-CHANGEs, but the NEW-VIEW is lost. */
     c->mute[0] = true;
@@ -858,10 +853,7 @@ static void test_rejections_by_reason(void **state)
     (void)state;
     cluster *c = calloc(1, sizeof *c);
     cluster_init(c, 4, 4, 16);
-    for (uint64_t ts = 1; ts <= 2; ts++) {
-        submit(c, 0, ts, false);
-        run(c);
-    }
+    write_each(c, 0, 1, 2);
     assert_same_state(c, 2);
     pbft_msg *req = make_request(c, 1, 7, false), *other = make_request(c, 1, 8, false);
     snapshot before;
@@ -1079,11 +1071,8 @@ static void test_abstain_after_wipe(void **state)
     (void)state;
     cluster *c = calloc(1, sizeof *c);
     cluster_init(c, 4, 4, 8);
-    uint64_t ts = 1;
-    for (; ts <= 10; ts++) {
-        submit(c, 0, ts, false);
-        run(c);
-    }
+    write_each(c, 0, 1, 10);
+    uint64_t ts = 11;
     assert_same_state(c, 10);
     wipe_and_restart(c, 3);
     assert_true(status(c, 3).abstain_pending);
@@ -1148,10 +1137,7 @@ static void test_backup_window_reopens(void **state)
         restart(c, i);
     c->down[3] = true;
     c->hold_ckpt[2] = true; /* replica 2's peers' CHECKPOINTs arrive late */
-    for (uint64_t ts = 1; ts <= 8; ts++) {
-        submit(c, 0, ts, false);
-        run(c);
-    }
+    write_each(c, 0, 1, 8);
     assert_int_equal(status(c, 0).stable_seq, 8);
     assert_int_equal(status(c, 2).stable_seq, 0);
     uint64_t wm = status(c, 2).rejected_by[PBFT_REJ_WATERMARK];
@@ -1189,10 +1175,7 @@ static void test_fetch_failed_then_newer(void **state)
     step(c, 2, &ev);
     run(c);
     assert_int_equal(status(c, 2).fetching_seq, first); /* nothing newer yet */
-    for (; ts <= 28; ts++) {
-        submit(c, 0, ts, false);
-        run(c);
-    }
+    write_each(c, 0, ts, 28);
     tick(c, 10);
     assert_true(status(c, 2).fetching_seq > first);
     cluster_free(c);
@@ -1207,21 +1190,14 @@ static void test_abstain_ends_mid_view_change(void **state)
     (void)state;
     cluster *c = calloc(1, sizeof *c);
     cluster_init(c, 4, 4, 8);
-    uint64_t ts = 1;
-    for (; ts <= 10; ts++) {
-        submit(c, 0, ts, false);
-        run(c);
-    }
+    write_each(c, 0, 1, 10);
     wipe_and_restart(c, 3);
     for (int k = 0; k < 5 && status(c, 3).last_executed < 8; k++)
         tick(c, 300);
     assert_int_equal(status(c, 3).stable_seq, 8);
     assert_int_equal(status(c, 3).abstain_until, 16);
     c->hold_ckpt[3] = true;
-    for (; ts <= 16; ts++) {
-        submit(c, 0, ts, false);
-        run(c);
-    }
+    write_each(c, 0, 11, 16);
     assert_int_equal(status(c, 0).last_executed, 16);
     assert_int_equal(status(c, 3).stable_seq, 8);
     c->down[0] = true;
@@ -1249,10 +1225,7 @@ static void test_restore_behind_fetches_at_once(void **state)
     (void)state;
     cluster *c = calloc(1, sizeof *c);
     cluster_init(c, 4, 4, 8);
-    for (uint64_t ts = 1; ts <= 10; ts++) {
-        submit(c, 0, ts, false);
-        run(c);
-    }
+    write_each(c, 0, 1, 10);
     assert_int_equal(status(c, 2).stable_seq, 8);
     c->last_exec_disk[2] = 0; /* its executed state is older than its log */
     free(c->ct_disk[2]);
@@ -1276,10 +1249,7 @@ static void test_far_checkpoint_counts_later(void **state)
     cluster *c = calloc(1, sizeof *c);
     cluster_init(c, 4, 4, 8);
     c->hold_ckpt[3] = true;
-    for (uint64_t ts = 1; ts <= 16; ts++) {
-        submit(c, 0, ts, false);
-        run(c);
-    }
+    write_each(c, 0, 1, 16);
     assert_int_equal(status(c, 3).stable_seq, 0);
     size_t first = c->nheld;
     for (size_t k = 0; k < c->nheld; k++) {
